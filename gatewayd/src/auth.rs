@@ -1,0 +1,266 @@
+//! JWT verification (DESIGN section 7).
+//!
+//! Pitfalls handled: the algorithm comes from the configured key, never from the token alone
+//! (`alg: none` and algorithm confusion are refused); `exp` is required; issuer and audience
+//! are checked when configured; leeway is small and bounded. Tokens and their errors never
+//! carry the token text, so nothing here can leak one into a log.
+
+use crate::config::{AuthConfig, JwtKeyConfig};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::str::FromStr;
+
+/// Why a token was refused. The `Display` text is safe to send to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token is missing")]
+    Missing,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token algorithm is not accepted")]
+    Algorithm,
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token has no exp claim")]
+    MissingExp,
+    #[error("token audience is not accepted")]
+    Audience,
+    #[error("token issuer is not accepted")]
+    Issuer,
+    #[error("no verification key is configured")]
+    NoKeys,
+}
+
+impl AuthError {
+    /// A stable machine-readable code for JSON error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Expired => "token_expired",
+            AuthError::Audience | AuthError::Issuer => "token_not_accepted",
+            _ => "token_invalid",
+        }
+    }
+}
+
+struct Key {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Verifies tokens against the configured keys.
+pub struct JwtVerifier {
+    keys: Vec<Key>,
+}
+
+/// Check one key's configuration without loading secrets from the environment.
+pub fn check_key_config(k: &JwtKeyConfig) -> Result<(), String> {
+    let alg = Algorithm::from_str(&k.algorithm).map_err(|_| format!("algorithm `{}` is not supported", k.algorithm))?;
+    let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    match (hmac, &k.secret, &k.secret_env, &k.public_key_file) {
+        (true, Some(s), None, None) if s.len() < 16 => Err("secret must be at least 16 bytes".into()),
+        (true, Some(_), None, None) | (true, None, Some(_), None) => Ok(()),
+        (true, ..) => Err(format!("{} needs exactly one of `secret` or `secret_env`", k.algorithm)),
+        (false, None, None, Some(_)) => Ok(()),
+        (false, ..) => Err(format!("{} needs `public_key_file` (and no secret)", k.algorithm)),
+    }
+}
+
+impl JwtVerifier {
+    /// Load keys (secrets from the environment, PEM files from disk).
+    pub fn new(config: &AuthConfig) -> anyhow::Result<JwtVerifier> {
+        let mut keys = Vec::new();
+        for (i, k) in config.keys.iter().enumerate() {
+            check_key_config(k).map_err(|e| anyhow::anyhow!("auth.keys[{i}]: {e}"))?;
+            let algorithm = Algorithm::from_str(&k.algorithm).expect("checked above");
+            let key = if let Some(secret) = &k.secret {
+                DecodingKey::from_secret(secret.as_bytes())
+            } else if let Some(var) = &k.secret_env {
+                let secret =
+                    std::env::var(var).map_err(|_| anyhow::anyhow!("auth.keys[{i}].secret_env: ${var} is not set"))?;
+                if secret.len() < 16 {
+                    anyhow::bail!("auth.keys[{i}].secret_env: ${var} must hold at least 16 bytes");
+                }
+                DecodingKey::from_secret(secret.as_bytes())
+            } else {
+                let path = k.public_key_file.as_ref().expect("checked above");
+                let pem = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("auth.keys[{i}].public_key_file: {}: {e}", path.display()))?;
+                let parsed = match algorithm {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                    _ => DecodingKey::from_rsa_pem(&pem),
+                };
+                parsed.map_err(|e| anyhow::anyhow!("auth.keys[{i}].public_key_file: {}: {e}", path.display()))?
+            };
+            let mut validation = Validation::new(algorithm);
+            validation.leeway = config.leeway_secs;
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            // A configured audience or issuer must be present, not just match when present.
+            let mut required = vec!["exp"];
+            match &config.audience {
+                Some(aud) => {
+                    validation.set_audience(&[aud]);
+                    required.push("aud");
+                }
+                None => validation.validate_aud = false,
+            }
+            if let Some(iss) = &config.issuer {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            validation.set_required_spec_claims(&required);
+            keys.push(Key { algorithm, kid: k.kid.clone(), key, validation });
+        }
+        Ok(JwtVerifier { keys })
+    }
+
+    /// Verify `token` and return its claims.
+    ///
+    /// Keys are tried in config order among those whose algorithm equals the token header's
+    /// (and whose `kid` matches, when both have one). The most specific failure is returned.
+    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        if self.keys.is_empty() {
+            return Err(AuthError::NoKeys);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
+            _ => AuthError::Malformed,
+        })?;
+        let mut last = AuthError::Algorithm;
+        for k in &self.keys {
+            if k.algorithm != header.alg {
+                continue;
+            }
+            if let (Some(want), Some(got)) = (&k.kid, &header.kid) {
+                if want != got {
+                    continue;
+                }
+            }
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &k.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::InvalidSignature => AuthError::Signature,
+                        ErrorKind::ExpiredSignature => AuthError::Expired,
+                        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                        ErrorKind::InvalidAudience => AuthError::Audience,
+                        ErrorKind::InvalidIssuer => AuthError::Issuer,
+                        ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingExp,
+                        ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::Audience,
+                        ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::Issuer,
+                        ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                        _ => AuthError::Malformed,
+                    };
+                    // A signature failure may just mean "another key": keep trying.
+                    if last != AuthError::Signature {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Where a request carried its token (DESIGN section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `?token=<jwt>`
+    Query,
+    /// `Authorization: Bearer <jwt>`
+    AuthorizationHeader,
+    /// `Sec-WebSocket-Protocol: Bearer, <jwt>`; the response must select `Bearer`.
+    WebSocketProtocol,
+}
+
+/// Find the token of a request: query `token`, then `Authorization: Bearer`, then
+/// `Sec-WebSocket-Protocol: Bearer, <jwt>`.
+pub fn extract_token<'a>(
+    query: &'a [(String, String)],
+    headers: &'a hyper::HeaderMap,
+) -> Option<(String, TokenSource)> {
+    if let Some((_, t)) = query.iter().find(|(k, _)| k == "token") {
+        return Some((t.clone(), TokenSource::Query));
+    }
+    if let Some(v) = headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+            return Some((t.trim().to_string(), TokenSource::AuthorizationHeader));
+        }
+    }
+    for v in headers.get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(v) = v.to_str() else { continue };
+        let mut parts = v.split(',').map(str::trim);
+        if parts.next().is_some_and(|p| p.eq_ignore_ascii_case("bearer")) {
+            if let Some(t) = parts.next().filter(|t| !t.is_empty()) {
+                return Some((t.to_string(), TokenSource::WebSocketProtocol));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(audience: Option<&str>) -> JwtVerifier {
+        JwtVerifier::new(&AuthConfig {
+            keys: vec![JwtKeyConfig {
+                algorithm: "HS256".into(),
+                secret: Some(SECRET.into()),
+                secret_env: None,
+                public_key_file: None,
+                kid: None,
+            }],
+            issuer: None,
+            audience: audience.map(str::to_string),
+            leeway_secs: 5,
+        })
+        .unwrap()
+    }
+
+    fn token(claims: Value, secret: &str) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    #[test]
+    fn accepts_good_and_refuses_bad_tokens() {
+        let v = verifier(Some("gw"));
+        let good = token(json!({"user_id": 7, "exp": now() + 60, "aud": "gw"}), SECRET);
+        assert_eq!(v.verify(&good).unwrap()["user_id"], json!(7));
+        let expired = token(json!({"exp": now() - 600, "aud": "gw"}), SECRET);
+        assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+        let wrong_key = token(json!({"exp": now() + 60, "aud": "gw"}), "another-secret-of-32-bytes-xxxxx");
+        assert_eq!(v.verify(&wrong_key), Err(AuthError::Signature));
+        let wrong_aud = token(json!({"exp": now() + 60, "aud": "other"}), SECRET);
+        assert_eq!(v.verify(&wrong_aud), Err(AuthError::Audience));
+        let no_exp = token(json!({"aud": "gw"}), SECRET);
+        assert_eq!(v.verify(&no_exp), Err(AuthError::MissingExp));
+        let no_aud = token(json!({"exp": now() + 60}), SECRET);
+        assert_eq!(v.verify(&no_aud), Err(AuthError::Audience));
+    }
+
+    #[test]
+    fn refuses_alg_none() {
+        // {"alg":"none","typ":"JWT"} . {"exp": far future} . (empty signature)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";
+        assert!(matches!(verifier(None).verify(none), Err(AuthError::Algorithm | AuthError::Malformed)));
+    }
+}

@@ -1,0 +1,150 @@
+//! The command line: run the daemon, check a config, migrate, manage tenants.
+
+use crate::config::Config;
+use crate::store::tenants;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gatewayd", version, about = "Plugin-driven telephony gateway daemon")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, env = "GATEWAYD_CONFIG", default_value = "/etc/gatewayd/gatewayd.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the configuration (keys, values, plugin files, JWT keys) without serving.
+    Check,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage businesses, departments, agents and memberships.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a business.
+    AddBusiness {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Add a department to a business.
+    AddDepartment {
+        id: String,
+        #[arg(long)]
+        business: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Add an agent: the telephony identity of the user whose JWT carries `user_id`.
+    AddAgent {
+        id: String,
+        #[arg(long)]
+        user_id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Make an agent a member of a business, optionally of one of its departments.
+    AddMembership {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        business: String,
+        #[arg(long)]
+        department: Option<String>,
+    },
+    /// Remove a membership.
+    RemoveMembership {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        business: String,
+        #[arg(long)]
+        department: Option<String>,
+    },
+    /// Remove a business, department or agent (and what depends on it).
+    Remove {
+        #[arg(value_parser = ["business", "department", "agent"])]
+        kind: String,
+        id: String,
+    },
+    /// Print everything as JSON.
+    List,
+}
+
+/// Entry point of the `gatewayd` binary. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatewayd: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.daemon);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatewayd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => crate::daemon::run(config).await,
+            Command::Check => check(&config),
+            Command::Migrate => crate::daemon::open_store(&config).await.map(|_| println!("migrations applied")),
+            Command::Tenant(cmd) => tenant(&config, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &Config) -> anyhow::Result<()> {
+    config.check_files()?;
+    crate::auth::JwtVerifier::new(&config.auth)?;
+    println!(
+        "config ok: {} listener(s), {} route(s), {} plugin(s)",
+        config.listeners.len(),
+        config.routes.len(),
+        config.plugins.len()
+    );
+    Ok(())
+}
+
+async fn tenant(config: &Config, cmd: TenantCommand) -> anyhow::Result<()> {
+    let store = crate::daemon::open_store(config).await?;
+    match cmd {
+        TenantCommand::AddBusiness { id, name } => tenants::add_business(&store, &id, &name).await?,
+        TenantCommand::AddDepartment { id, business, name } => {
+            tenants::add_department(&store, &id, &business, &name).await?
+        }
+        TenantCommand::AddAgent { id, user_id, name } => tenants::add_agent(&store, &id, &user_id, &name).await?,
+        TenantCommand::AddMembership { agent, business, department } => {
+            tenants::add_membership(&store, &agent, &business, department.as_deref()).await?
+        }
+        TenantCommand::RemoveMembership { agent, business, department } => {
+            tenants::remove_membership(&store, &agent, &business, department.as_deref()).await?
+        }
+        TenantCommand::Remove { kind, id } => tenants::remove(&store, &kind, &id).await?,
+        TenantCommand::List => println!("{}", serde_json::to_string_pretty(&tenants::list(&store).await?)?),
+    }
+    store.close().await;
+    Ok(())
+}

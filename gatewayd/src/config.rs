@@ -1,0 +1,381 @@
+//! The daemon's TOML configuration (`config/gatewayd.toml` documents every key).
+//!
+//! Parsing is strict: an unknown key or a bad value stops start-up with a message naming the
+//! key. Relative paths are resolved against the directory holding the config file.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Listeners by name: `[listeners.main] address = "127.0.0.1:8000"`.
+    pub listeners: BTreeMap<String, ListenerConfig>,
+    /// Routes in match order: the first route whose listener and path match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Plugins by name: `[plugins.signaling] file = "..."`.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Directory for the SQLite database and other state (created if missing).
+    pub state_dir: PathBuf,
+    /// `text` (human) or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// A tracing-subscriber filter, e.g. `info` or `gatewayd=debug,info`. `RUST_LOG` overrides.
+    pub log_level: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: PathBuf::from("/var/lib/gatewayd"),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://<path>` (relative paths are under `daemon.state_dir`) or `postgres://...`.
+    pub url: String,
+    /// Upper bound of the connection pool.
+    pub max_connections: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { url: "sqlite://gatewayd.db".into(), max_connections: 8 }
+    }
+}
+
+/// JWT verification (DESIGN section 7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Verification keys; a token must verify with one whose algorithm matches its header.
+    pub keys: Vec<JwtKeyConfig>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { keys: Vec::new(), issuer: None, audience: None, leeway_secs: 30 }
+    }
+}
+
+/// One verification key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `PS256`, `ES256`, `ES384` or `EdDSA`.
+    pub algorithm: String,
+    /// HMAC secret (HS*), inline. Prefer `secret_env` in production.
+    pub secret: Option<String>,
+    /// Name of an environment variable holding the HMAC secret (HS*).
+    pub secret_env: Option<String>,
+    /// PEM public key file (RS*, PS*, ES*, EdDSA).
+    pub public_key_file: Option<PathBuf>,
+    /// Only tokens whose header `kid` equals this use the key, when set.
+    pub kid: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind.
+    pub address: SocketAddr,
+    /// Largest WebSocket message accepted, in bytes; larger ones close the connection (1009).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Largest HTTP request body accepted, in bytes (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Frames queued to one slow client before it is disconnected (close 1008).
+    #[serde(default = "default_send_queue")]
+    pub send_queue_frames: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_send_queue() -> usize {
+    1024
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// WebSocket upgrades; other requests get 426.
+    Websocket,
+    /// Plain HTTP requests handled by the plugin's `on-http`.
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Tokens are ignored.
+    None,
+    /// A token, if presented, must be valid; its claims reach the plugin.
+    #[default]
+    Optional,
+    /// A valid token is required.
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name passed to the plugin in `connect-info.route` (defaults to the path).
+    pub name: Option<String>,
+    /// Listener name from `[listeners]`.
+    pub listener: String,
+    /// Request path, matched exactly; with `prefix = true`, any path starting with it.
+    pub path: String,
+    #[serde(default)]
+    pub prefix: bool,
+    pub kind: RouteKind,
+    /// Plugin name from `[plugins]`.
+    pub plugin: String,
+    #[serde(default)]
+    pub auth: AuthMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file (`.wasm`, built for wasm32-wasip2).
+    pub file: PathBuf,
+    #[serde(default)]
+    pub limits: PluginLimits,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// The plugin's own table, handed to it as JSON by `config.get`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Wall time one event may run before it is interrupted (epoch deadline), in ms.
+    pub event_timeout_ms: u64,
+    /// Linear memory one instance may grow to, in MiB.
+    pub memory_mb: u64,
+    /// Instances of this plugin running events at once; further events wait.
+    pub max_instances: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits { event_timeout_ms: 200, memory_mb: 32, max_instances: 64 }
+    }
+}
+
+/// Host interfaces a plugin may use beyond connections, session, kv, timers, config and log.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    pub store: StoreAccess,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreAccess {
+    #[default]
+    None,
+    /// `SELECT` / `WITH` statements only.
+    Read,
+    ReadWrite,
+}
+
+/// A configuration error naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Read, parse, validate and resolve the paths of a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &base).map_err(|mut e| {
+            e.path = format!("{}: {}", path.display(), e.path);
+            e
+        })
+    }
+
+    /// Parse and validate config text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            path: "config".into(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
+        self.daemon.state_dir = abs(&self.daemon.state_dir);
+        for p in self.plugins.values_mut() {
+            p.file = abs(&p.file);
+        }
+        for k in &mut self.auth.keys {
+            if let Some(f) = &k.public_key_file {
+                k.public_key_file = Some(abs(f));
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |path: String, message: String| Err(ConfigError { path, message });
+        if self.listeners.is_empty() {
+            return err("listeners".into(), "at least one listener is required".into());
+        }
+        let mut addresses = BTreeMap::new();
+        for (name, l) in &self.listeners {
+            if let Some(other) = addresses.insert(l.address, name) {
+                return err(
+                    format!("listeners.{name}.address"),
+                    format!("{} is also used by listener `{other}`", l.address),
+                );
+            }
+            if l.max_message_bytes < 125 {
+                return err(format!("listeners.{name}.max_message_bytes"), "must be at least 125".into());
+            }
+            if l.send_queue_frames == 0 {
+                return err(format!("listeners.{name}.send_queue_frames"), "must be at least 1".into());
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !self.listeners.contains_key(&r.listener) {
+                return err(
+                    format!("routes[{i}].listener"),
+                    format!("no listener named `{}` in [listeners]", r.listener),
+                );
+            }
+            if !self.plugins.contains_key(&r.plugin) {
+                return err(format!("routes[{i}].plugin"), format!("no plugin named `{}` in [plugins]", r.plugin));
+            }
+            if !r.path.starts_with('/') {
+                return err(format!("routes[{i}].path"), format!("`{}` must start with /", r.path));
+            }
+        }
+        for (name, p) in &self.plugins {
+            if p.limits.event_timeout_ms == 0 {
+                return err(format!("plugins.{name}.limits.event_timeout_ms"), "must be at least 1".into());
+            }
+            if p.limits.memory_mb == 0 {
+                return err(format!("plugins.{name}.limits.memory_mb"), "must be at least 1".into());
+            }
+            if p.limits.max_instances == 0 {
+                return err(format!("plugins.{name}.limits.max_instances"), "must be at least 1".into());
+            }
+        }
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            crate::auth::check_key_config(k)
+                .map_err(|message| ConfigError { path: format!("auth.keys[{i}]"), message })?;
+        }
+        if self.auth.leeway_secs > 300 {
+            return err("auth.leeway_secs".into(), "must be at most 300".into());
+        }
+        if !(self.storage.url.starts_with("sqlite:")
+            || self.storage.url.starts_with("postgres://")
+            || self.storage.url.starts_with("postgresql://"))
+        {
+            return err("storage.url".into(), "must start with sqlite:// or postgres://".into());
+        }
+        if self.storage.max_connections == 0 {
+            return err("storage.max_connections".into(), "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Check what parsing cannot: plugin files exist. Used by `gatewayd check` and start-up.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for (name, p) in &self.plugins {
+            if !p.file.is_file() {
+                return Err(ConfigError {
+                    path: format!("plugins.{name}.file"),
+                    message: format!("{} does not exist (build plugins with `make plugins`)", p.file.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listeners.main]
+        address = "127.0.0.1:0"
+        [[routes]]
+        listener = "main"
+        path = "/ws/x/"
+        kind = "websocket"
+        plugin = "x"
+        [plugins.x]
+        file = "x.wasm"
+    "#;
+
+    #[test]
+    fn minimal_config_resolves_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/gw")).unwrap();
+        assert_eq!(c.plugins["x"].file, PathBuf::from("/etc/gw/x.wasm"));
+        assert_eq!(c.routes[0].auth, AuthMode::Optional);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("path = \"/ws/x/\"", "path = \"/ws/x/\"\nbogus = 1");
+        let e = Config::parse(&text, Path::new("/")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn dangling_route_is_named() {
+        let text = MINIMAL.replace("plugin = \"x\"", "plugin = \"y\"");
+        let e = Config::parse(&text, Path::new("/")).unwrap_err().to_string();
+        assert_eq!(e, "routes[0].plugin: no plugin named `y` in [plugins]");
+    }
+}

@@ -1,0 +1,15 @@
+//! gatewayd: a plugin-driven telephony gateway daemon.
+//!
+//! The daemon owns sockets ([`server`]), auth ([`auth`]), storage ([`store`]), the local bus
+//! ([`bus`]) and the plugin runtime ([`plugins`]); protocols are WebAssembly components loaded
+//! from the TOML [`config`]. [`daemon`] wires them together; [`cli`] is the command line.
+
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod plugins;
+pub mod server;
+pub mod store;
+pub mod telemetry;

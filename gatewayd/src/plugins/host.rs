@@ -1,0 +1,284 @@
+//! The host side of the plugin contract: the state a plugin instance's store carries, and the
+//! implementation of every imported interface (`connections`, `session`, `kv`, `timers`,
+//! `store`, `config`, `log`). Each call is checked against the calling plugin's namespace and
+//! capabilities.
+
+use super::bindings::Protocol;
+use super::bindings::gatewayd::plugin::{config, connections, kv, log, session, store, timers, types};
+use super::{Event, Plugin, Services, Session};
+use crate::bus::{ConnId, Outbound};
+use crate::config::StoreAccess;
+use crate::store::Value;
+use bytes::Bytes;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use types::SqlValue;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The data of one instance's store.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    plugin: Weak<Plugin>,
+    name: Arc<str>,
+    services: Arc<Services>,
+    store_access: StoreAccess,
+    /// The session of the event being run.
+    scope: Session,
+}
+
+/// Caps linear memory; remembers a refused growth so the fault can be named.
+struct MemoryLimiter {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::format_err!("memory limit of {} MiB exceeded", self.max_bytes >> 20));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl HostState {
+    pub(super) fn new(plugin: &Arc<Plugin>, memory_mb: u64) -> HostState {
+        HostState {
+            wasi: WasiCtx::builder().inherit_stderr().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max_bytes: (memory_mb as usize) << 20, hit: false },
+            plugin: Arc::downgrade(plugin),
+            name: plugin.name.clone(),
+            services: plugin.services.clone(),
+            store_access: plugin.capabilities.store,
+            scope: Session::default(),
+        }
+    }
+
+    pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+
+    pub(super) fn memory_limit_hit(&self) -> bool {
+        self.limiter.hit
+    }
+
+    pub(super) fn begin(&mut self, session: Session) {
+        self.scope = session;
+    }
+
+    pub(super) fn end(&mut self) -> Session {
+        std::mem::take(&mut self.scope)
+    }
+
+    /// True when `id` is a connection of this plugin; plugins cannot touch other plugins'
+    /// connections.
+    fn owns(&self, id: ConnId) -> bool {
+        self.services.bus.served_by(id, &self.name)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Add WASI (no files, no sockets, no environment) and the gatewayd interfaces.
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+    Protocol::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("linking gatewayd: {e}"))?;
+    Ok(())
+}
+
+impl types::Host for HostState {}
+
+impl connections::Host for HostState {
+    fn send_text(&mut self, id: ConnId, text: String) -> bool {
+        self.owns(id) && self.services.bus.send(id, Outbound::Text(Bytes::from(text)))
+    }
+
+    fn send_binary(&mut self, id: ConnId, data: Vec<u8>) -> bool {
+        self.owns(id) && self.services.bus.send(id, Outbound::Binary(Bytes::from(data)))
+    }
+
+    fn close(&mut self, id: ConnId, code: u16, reason: String) {
+        if self.owns(id) {
+            let code = if (1000..=4999).contains(&code) { code } else { 1011 };
+            self.services.bus.send(id, Outbound::Close(code, reason));
+        }
+    }
+
+    fn bind(&mut self, id: ConnId, address: String) {
+        self.services.bus.bind(&self.name, id, &address);
+    }
+
+    fn unbind(&mut self, id: ConnId, address: String) {
+        self.services.bus.unbind(&self.name, id, &address);
+    }
+
+    fn send_to(&mut self, address: String, text: String) -> u32 {
+        self.services.bus.send_to(&self.name, &address, Bytes::from(text))
+    }
+}
+
+impl session::Host for HostState {
+    fn get(&mut self) -> Option<String> {
+        self.scope.state.clone()
+    }
+
+    fn set(&mut self, state: String) {
+        if self.scope.conn.is_some() {
+            self.scope.state = Some(state);
+        }
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.plugin.upgrade()?.kv.get(&key)
+    }
+
+    fn set(&mut self, key: String, value: String, ttl_ms: Option<u32>) {
+        if let Some(p) = self.plugin.upgrade() {
+            p.kv.set(key, value, ttl_ms);
+        }
+    }
+
+    fn take(&mut self, key: String) -> Option<String> {
+        self.plugin.upgrade()?.kv.take(&key)
+    }
+}
+
+impl timers::Host for HostState {
+    fn set(&mut self, key: String, delay_ms: u32, payload: String, connection: Option<ConnId>) {
+        let Some(plugin) = self.plugin.upgrade() else { return };
+        if connection.is_some_and(|c| !self.owns(c)) {
+            return;
+        }
+        let weak = self.plugin.clone();
+        let fired_key = key.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms.into())).await;
+            let Some(plugin) = weak.upgrade() else { return };
+            plugin.timers.fired(&fired_key, tokio::task::id());
+            let event = Event::Timer { key: fired_key, payload };
+            match connection {
+                Some(conn) => {
+                    // Dropped when the connection has closed meanwhile.
+                    if let Some(cell) = plugin.services.bus.session(conn) {
+                        let _ = plugin.dispatch_in_session(conn, &cell, event).await;
+                    }
+                }
+                None => {
+                    let (result, _) = plugin.dispatch(event, Session::default()).await;
+                    if let Err(fault) = result {
+                        tracing::warn!(plugin = %plugin.name, error = %fault, "timer event failed");
+                    }
+                }
+            }
+        });
+        plugin.timers.arm(key, task.abort_handle());
+    }
+
+    fn cancel(&mut self, key: String) -> bool {
+        self.plugin.upgrade().is_some_and(|p| p.timers.cancel(&key))
+    }
+}
+
+impl store::Host for HostState {
+    async fn query(&mut self, sql: String, params: Vec<SqlValue>) -> Result<Vec<Vec<SqlValue>>, String> {
+        let db = self.database(&sql)?;
+        let rows = db.query(&sql, params.into_iter().map(from_wit).collect()).await.map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect())
+    }
+
+    async fn execute(&mut self, sql: String, params: Vec<SqlValue>) -> Result<u64, String> {
+        let db = self.database(&sql)?;
+        db.execute(&sql, params.into_iter().map(from_wit).collect()).await.map_err(|e| e.to_string())
+    }
+}
+
+impl HostState {
+    /// The database, if this plugin's `store` capability allows `sql`.
+    fn database(&self, sql: &str) -> Result<crate::store::Store, String> {
+        let allowed = match self.store_access {
+            StoreAccess::None => return Err(format!("plugin `{}` has no store capability", self.name)),
+            StoreAccess::ReadWrite => true,
+            StoreAccess::Read => is_single_read(sql),
+        };
+        if !allowed {
+            return Err(format!("plugin `{}` may only read: one SELECT or WITH statement", self.name));
+        }
+        self.services.store.clone().ok_or_else(|| "no database is configured".to_string())
+    }
+}
+
+/// A single `SELECT`/`WITH` statement (a `;` is only allowed at the very end).
+fn is_single_read(sql: &str) -> bool {
+    let s = sql.trim().trim_end_matches(';');
+    let head = s.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    (head == "SELECT" || head == "WITH") && !s.contains(';')
+}
+
+fn from_wit(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(i),
+        SqlValue::Real(f) => Value::Real(f),
+        SqlValue::Text(s) => Value::Text(s),
+        SqlValue::Blob(b) => Value::Blob(b),
+        SqlValue::Boolean(b) => Value::Boolean(b),
+    }
+}
+
+fn to_wit(v: Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Integer(i) => SqlValue::Integer(i),
+        Value::Real(f) => SqlValue::Real(f),
+        Value::Text(s) => SqlValue::Text(s),
+        Value::Blob(b) => SqlValue::Blob(b),
+        Value::Boolean(b) => SqlValue::Boolean(b),
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self) -> String {
+        self.plugin.upgrade().map(|p| p.config_json.clone()).unwrap_or_else(|| "{}".into())
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let plugin = &*self.name;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn read_capability_allows_one_select() {
+        assert!(super::is_single_read(" select 1;"));
+        assert!(super::is_single_read("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(!super::is_single_read("SELECT 1; DELETE FROM agents"));
+        assert!(!super::is_single_read("DELETE FROM agents"));
+    }
+}

@@ -1,0 +1,54 @@
+//! Plain HTTP requests routed to a plugin's `on-http`.
+
+use super::{Route, json_error};
+use crate::plugins::{Event, HttpRequest, Session};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+/// Read the body (up to `max_body_bytes`, else 413), call the plugin, and turn its answer
+/// into a response. A plugin fault is a 500 with the fault's code.
+pub(super) async fn dispatch(
+    req: Request<Incoming>,
+    route: &Route,
+    path: String,
+    query: Vec<(String, String)>,
+    claims: Option<String>,
+    max_body_bytes: usize,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("request body exceeds {max_body_bytes} bytes"),
+            );
+        }
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION)
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let request = HttpRequest { method: parts.method.as_str().to_string(), path, query, headers, body, claims };
+    let (result, _) = route.plugin.dispatch(Event::Http(request), Session::default()).await;
+    match result {
+        Ok(Some(r)) => {
+            let mut builder =
+                Response::builder().status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+            for (name, value) in &r.headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            builder.body(Full::new(Bytes::from(r.body))).unwrap_or_else(|e| {
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "plugin_bad_response", &e.to_string())
+            })
+        }
+        Ok(None) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "plugin_bad_response", "no response"),
+        Err(fault) => json_error(StatusCode::INTERNAL_SERVER_ERROR, fault.code(), &fault.to_string()),
+    }
+}

@@ -1,0 +1,218 @@
+//! Listeners and routing: hyper HTTP/1.1 with WebSocket upgrades (fastwebsockets).
+//!
+//! Each listener serves the routes configured for it, first match wins. Built-in endpoints on
+//! every listener: `GET /healthz`. Errors the daemon answers itself are JSON:
+//! `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
+
+mod http;
+pub mod websocket;
+
+use crate::auth::{JwtVerifier, TokenSource, extract_token};
+use crate::bus::Bus;
+use crate::config::{AuthMode, Config, ListenerConfig, RouteKind};
+use crate::plugins::{Plugin, Runtime};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A route resolved against the loaded plugins.
+struct Route {
+    name: String,
+    path: String,
+    prefix: bool,
+    kind: RouteKind,
+    auth: AuthMode,
+    plugin: Arc<Plugin>,
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> bool {
+        if self.prefix { path.starts_with(&self.path) } else { path == self.path }
+    }
+}
+
+/// What one listener needs to serve a request.
+struct Listener {
+    config: ListenerConfig,
+    routes: Vec<Route>,
+    jwt: Arc<JwtVerifier>,
+    bus: Arc<Bus>,
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    bound: Vec<(TcpListener, Arc<Listener>)>,
+}
+
+impl Server {
+    /// Bind every configured listener (so the caller can report readiness only once all
+    /// accept connections) and resolve their routes.
+    pub async fn bind(
+        config: &Config,
+        runtime: &Runtime,
+        jwt: Arc<JwtVerifier>,
+        bus: Arc<Bus>,
+    ) -> anyhow::Result<Server> {
+        let mut bound = Vec::new();
+        for (name, l) in &config.listeners {
+            let routes = config
+                .routes
+                .iter()
+                .filter(|r| &r.listener == name)
+                .map(|r| Route {
+                    name: r.name.clone().unwrap_or_else(|| r.path.clone()),
+                    path: r.path.clone(),
+                    prefix: r.prefix,
+                    kind: r.kind,
+                    auth: r.auth,
+                    plugin: runtime.plugin(&r.plugin).expect("validated: route plugin exists").clone(),
+                })
+                .collect();
+            let socket = TcpListener::bind(l.address)
+                .await
+                .map_err(|e| anyhow::anyhow!("listeners.{name}: cannot bind {}: {e}", l.address))?;
+            tracing::info!(listener = %name, address = %socket.local_addr()?, "listening");
+            bound.push((socket, Arc::new(Listener { config: l.clone(), routes, jwt: jwt.clone(), bus: bus.clone() })));
+        }
+        Ok(Server { bound })
+    }
+
+    /// Local addresses of the bound listeners, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound.iter().filter_map(|(s, _)| s.local_addr().ok()).collect()
+    }
+
+    /// Accept connections until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for (socket, listener) in self.bound {
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        accepted = socket.accept() => match accepted {
+                            Ok((tcp, remote)) => {
+                                let _ = tcp.set_nodelay(true);
+                                tokio::spawn(serve_connection(tcp, remote, listener.clone()));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        },
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, remote: SocketAddr, listener: Arc<Listener>) {
+    let service = hyper::service::service_fn(move |req| {
+        let listener = listener.clone();
+        async move { Ok::<_, Infallible>(handle(req, remote, &listener).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// A JSON error response: `{"error": code, "message": message}`.
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn offers_bearer<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("bearer")))
+}
+
+async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Listener) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}")))
+            .expect("static response parts are valid");
+    }
+    let Some(route) = listener.routes.iter().find(|r| r.matches(&path)) else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"));
+    };
+    let mut query: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+
+    // Authentication. The token never reaches the plugin, the logs or an error message.
+    let mut token_source = None;
+    let claims = match route.auth {
+        AuthMode::None => None,
+        mode => match extract_token(&query, req.headers()) {
+            Some((token, source)) => match listener.jwt.verify(&token) {
+                Ok(claims) => {
+                    token_source = Some(source);
+                    Some(serde_json::Value::Object(claims).to_string())
+                }
+                Err(e) => {
+                    tracing::info!(route = %route.name, %remote, reason = %e, "token refused");
+                    return json_error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
+                }
+            },
+            None if mode == AuthMode::Required => {
+                return json_error(StatusCode::UNAUTHORIZED, "token_missing", "a valid token is required");
+            }
+            None => None,
+        },
+    };
+    query.retain(|(k, _)| k != "token");
+
+    match route.kind {
+        RouteKind::Websocket => {
+            if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+                return json_error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket");
+            }
+            let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+                Ok(parts) => parts,
+                Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
+            };
+            let accepted = websocket::Accepted {
+                route: route.name.clone(),
+                path,
+                query,
+                claims,
+                remote_addr: remote.to_string(),
+                max_message_bytes: listener.config.max_message_bytes,
+                send_queue_frames: listener.config.send_queue_frames,
+            };
+            tokio::spawn(websocket::serve(upgrade, accepted, route.plugin.clone(), listener.bus.clone()));
+            let (mut parts, _) = response.into_parts();
+            if token_source == Some(TokenSource::WebSocketProtocol) || offers_bearer(&req) {
+                // Select the `Bearer` subprotocol (browsers fail a handshake that offered
+                // subprotocols and got none back); the token itself is never echoed.
+                parts
+                    .headers
+                    .insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, hyper::header::HeaderValue::from_static("Bearer"));
+            }
+            Response::from_parts(parts, Full::default())
+        }
+        RouteKind::Http => http::dispatch(req, route, path, query, claims, listener.config.max_body_bytes).await,
+    }
+}

@@ -1,0 +1,243 @@
+//! Guest SDK for gatewayd plugins.
+//!
+//! A plugin is a `cdylib` crate built for `wasm32-wasip2`. It implements [`Protocol`] (every
+//! handler has a default, so implement only the events you care about) and registers itself
+//! with [`protocol_plugin!`]:
+//!
+//! ```ignore
+//! use gatewayd_plugin::{Protocol, ConnectionId, conn};
+//!
+//! struct Echo;
+//! impl Protocol for Echo {
+//!     fn on_text(id: ConnectionId, text: String) {
+//!         conn::send_text(id, &text);
+//!     }
+//! }
+//! gatewayd_plugin::protocol_plugin!(Echo);
+//! ```
+//!
+//! The raw bindings of the WIT contract (`plugin-api/wit/gatewayd.wit`) are re-exported under
+//! [`gatewayd`]; the helpers here add typed JSON and typed session state on top of them.
+
+#![allow(clippy::too_many_arguments)]
+
+wit_bindgen::generate!({
+    world: "protocol",
+    path: "wit",
+    pub_export_macro: true,
+    export_macro_name: "export_protocol",
+    default_bindings_module: "gatewayd_plugin",
+    generate_all,
+});
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use exports::gatewayd::plugin::handler::Guest;
+pub use gatewayd::plugin::types::{ConnectInfo, ConnectionId, HttpRequest, HttpResponse, SqlValue};
+
+/// Re-exported so plugins need no direct serde_json dependency for simple cases.
+pub use serde_json;
+
+/// The events a protocol plugin can handle. Every method has a do-nothing default
+/// (`on_http` answers 404), so a plugin implements only what its protocol uses.
+///
+/// Each call is one event. Nothing survives between events inside the instance: keep
+/// per-connection state with [`session`], plugin-wide state with [`kv`], durable data with
+/// [`store`].
+pub trait Protocol {
+    /// Validate configuration when the plugin is loaded; an error rejects this version.
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+    /// A WebSocket connection was accepted on one of the plugin's routes.
+    fn on_open(_info: ConnectInfo) {}
+    /// A text message arrived on connection `id`.
+    fn on_text(_id: ConnectionId, _text: String) {}
+    /// A binary message arrived on connection `id`.
+    fn on_binary(_id: ConnectionId, _data: Vec<u8>) {}
+    /// Connection `id` closed with `code` (1006: dropped without a close frame).
+    fn on_close(_id: ConnectionId, _code: u16) {}
+    /// A timer armed with [`timers::set`] fired.
+    fn on_timer(_key: String, _payload: String) {}
+    /// An HTTP request arrived on one of the plugin's routes.
+    fn on_http(_request: HttpRequest) -> HttpResponse {
+        http::json(404, &serde_json::json!({"error": "not_found", "message": "no such endpoint"}))
+    }
+}
+
+/// Register a [`Protocol`] implementation as the component's exported handler.
+#[macro_export]
+macro_rules! protocol_plugin {
+    ($ty:ident) => {
+        impl $crate::Guest for $ty {
+            fn init() -> ::core::result::Result<(), $crate::__sdk::String> {
+                <$ty as $crate::Protocol>::init()
+            }
+            fn on_open(info: $crate::ConnectInfo) {
+                <$ty as $crate::Protocol>::on_open(info)
+            }
+            fn on_text(id: $crate::ConnectionId, text: $crate::__sdk::String) {
+                <$ty as $crate::Protocol>::on_text(id, text)
+            }
+            fn on_binary(id: $crate::ConnectionId, data: $crate::__sdk::Vec<u8>) {
+                <$ty as $crate::Protocol>::on_binary(id, data)
+            }
+            fn on_close(id: $crate::ConnectionId, code: u16) {
+                <$ty as $crate::Protocol>::on_close(id, code)
+            }
+            fn on_timer(key: $crate::__sdk::String, payload: $crate::__sdk::String) {
+                <$ty as $crate::Protocol>::on_timer(key, payload)
+            }
+            fn on_http(request: $crate::HttpRequest) -> $crate::HttpResponse {
+                <$ty as $crate::Protocol>::on_http(request)
+            }
+        }
+        $crate::export_protocol!($ty with_types_in $crate);
+    };
+}
+
+#[doc(hidden)]
+pub mod __sdk {
+    pub use std::string::String;
+    pub use std::vec::Vec;
+}
+
+/// Sending to clients (`gatewayd:plugin/connections`).
+pub mod conn {
+    use super::*;
+    pub use gatewayd::plugin::connections::{bind, close, send_binary, send_text, send_to, unbind};
+
+    /// Serialize `message` to JSON and queue it on connection `id`. False when it is gone.
+    pub fn send_json<T: Serialize + ?Sized>(id: ConnectionId, message: &T) -> bool {
+        send_text(id, &to_json(message))
+    }
+
+    /// Serialize `message` to JSON and send it to every connection bound to `address`.
+    /// Returns how many connections received it.
+    pub fn send_json_to<T: Serialize + ?Sized>(address: &str, message: &T) -> u32 {
+        send_to(address, &to_json(message))
+    }
+
+    fn to_json<T: Serialize + ?Sized>(message: &T) -> String {
+        // Serializing plain data structures to a String cannot fail.
+        serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// Typed per-connection state (`gatewayd:plugin/session`), stored by the host as JSON.
+pub mod session {
+    use super::*;
+    use gatewayd::plugin::session as raw;
+
+    /// The current session's state, or `None` when unset or not of type `T`.
+    pub fn load<T: DeserializeOwned>() -> Option<T> {
+        raw::get().and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    /// Replace the current session's state.
+    pub fn save<T: Serialize>(state: &T) {
+        if let Ok(s) = serde_json::to_string(state) {
+            raw::set(&s);
+        }
+    }
+}
+
+/// Plugin-wide shared state (`gatewayd:plugin/kv`), typed as JSON.
+pub mod kv {
+    use super::*;
+    pub use gatewayd::plugin::kv::{get, set, take};
+
+    /// Store `value` as JSON under `key`, optionally expiring after `ttl_ms` milliseconds.
+    pub fn put_json<T: Serialize>(key: &str, value: &T, ttl_ms: Option<u32>) {
+        if let Ok(s) = serde_json::to_string(value) {
+            set(key, &s, ttl_ms);
+        }
+    }
+
+    /// Remove and return the entry `key` decoded from JSON.
+    pub fn take_json<T: DeserializeOwned>(key: &str) -> Option<T> {
+        take(key).and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    /// Read the entry `key` decoded from JSON.
+    pub fn get_json<T: DeserializeOwned>(key: &str) -> Option<T> {
+        get(key).and_then(|s| serde_json::from_str(&s).ok())
+    }
+}
+
+/// One-shot timers (`gatewayd:plugin/timers`).
+pub mod timers {
+    pub use super::gatewayd::plugin::timers::{cancel, set};
+}
+
+/// SQL on the daemon's database (`gatewayd:plugin/store`); placeholders are `$1`, `$2`, ...
+pub mod store {
+    use super::SqlValue;
+    pub use super::gatewayd::plugin::store::{execute, query};
+
+    /// The value as text, when it is text.
+    pub fn text(v: &SqlValue) -> Option<&str> {
+        match v {
+            SqlValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as an integer, when it is an integer.
+    pub fn integer(v: &SqlValue) -> Option<i64> {
+        match v {
+            SqlValue::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// The plugin's `[plugins.<name>.config]` table.
+pub mod config {
+    use super::*;
+
+    /// Decode the plugin's config table into `T` (use `#[serde(default)]` for optional keys).
+    pub fn load<T: DeserializeOwned>() -> Result<T, String> {
+        serde_json::from_str(&gatewayd::plugin::config::get()).map_err(|e| format!("plugin config: {e}"))
+    }
+}
+
+/// Logging through the daemon's log (`gatewayd:plugin/log`).
+pub mod log {
+    pub use super::gatewayd::plugin::log::{Level, log};
+
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+}
+
+/// HTTP response helpers.
+pub mod http {
+    use super::*;
+
+    /// A JSON response with `content-type: application/json`.
+    pub fn json<T: Serialize + ?Sized>(status: u16, body: &T) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(body).unwrap_or_default(),
+        }
+    }
+}
+
+impl ConnectInfo {
+    /// The first query parameter named `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}

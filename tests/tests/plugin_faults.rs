@@ -1,0 +1,89 @@
+//! DESIGN property 3: a plugin that traps, loops forever or exhausts memory ends only its own
+//! event, with an error to that session; the daemon, other sessions and other plugins carry on,
+//! and session state (held by the host) survives.
+
+use gatewayd_e2e::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+async fn faults_client(d: &Daemon) -> Client {
+    Client::connect(&d.ws_url("/ws/faults/")).await.expect("connect to the fault-test plugin")
+}
+
+async fn expect_fault(c: &mut Client, command: &str, code: &str) {
+    c.send_text(command).await.unwrap();
+    let v: Value = c.recv_json().await.unwrap();
+    assert_eq!(v["type"], "error", "{command}: {v}");
+    assert_eq!(v["code"], code, "{command}: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_loop_and_oom_end_only_their_event() {
+    let mut d = Daemon::start(DaemonOptions::default()).await.unwrap();
+    let mut victim = faults_client(&d).await;
+    let mut bystander = faults_client(&d).await;
+    let mut guest = Client::connect(&d.ws_url("/ws/signaling/?guest_id=g1")).await.unwrap();
+    assert_eq!(guest.recv_json().await.unwrap()["type"], "connection_established");
+
+    victim.send_text("count").await.unwrap();
+    assert_eq!(victim.recv_text().await.unwrap(), "count:1");
+
+    expect_fault(&mut victim, "trap", "plugin_trap").await;
+    // The session goes on, with its state: the counter kept in the host survived the trap.
+    victim.send_text("count").await.unwrap();
+    assert_eq!(victim.recv_text().await.unwrap(), "count:2");
+
+    // A runaway loop is stopped at the 100 ms deadline; meanwhile another session is served.
+    let started = Instant::now();
+    victim.send_text("loop").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    bystander.send_text("hello").await.unwrap();
+    assert_eq!(bystander.recv_text().await.unwrap(), "echo:hello");
+    let v: Value = victim.recv_json().await.unwrap();
+    assert_eq!(v["code"], "plugin_timeout", "{v}");
+    assert!(started.elapsed() < Duration::from_secs(2), "loop took {:?} to stop", started.elapsed());
+
+    expect_fault(&mut victim, "oom", "plugin_memory").await;
+    victim.send_text("count").await.unwrap();
+    assert_eq!(victim.recv_text().await.unwrap(), "count:3");
+
+    // Other plugins and the daemon are untouched.
+    guest.send_text(r#"{"type":"ping"}"#).await.unwrap();
+    assert_eq!(guest.recv_json().await.unwrap()["type"], "pong");
+    bystander.send_text("again").await.unwrap();
+    assert_eq!(bystander.recv_text().await.unwrap(), "echo:again");
+    assert!(d.is_running());
+    let logs = d.logs().join("\n");
+    assert!(logs.contains("instance discarded"), "faults are logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_faults_in_parallel_leave_the_daemon_serving() {
+    let d = Daemon::start(DaemonOptions::default()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = d.ws_url("/ws/faults/");
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await.unwrap();
+            for cmd in ["trap", "oom", "loop"] {
+                c.send_text(cmd).await.unwrap();
+                let v: Value = c.recv_json().await.unwrap();
+                assert_eq!(v["type"], "error", "client {i} {cmd}: {v}");
+            }
+            c.send_text("ok").await.unwrap();
+            assert_eq!(c.recv_text().await.unwrap(), "echo:ok");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_needs_the_capability() {
+    let d = Daemon::start(DaemonOptions::default()).await.unwrap();
+    let mut c = faults_client(&d).await;
+    c.send_text("store-read").await.unwrap();
+    let reply = c.recv_text().await.unwrap();
+    assert_eq!(reply, "store-error:plugin `fault-test` has no store capability");
+}
