@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::store::tenants;
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,8 @@ enum TenantCommand {
     },
     /// Print everything as JSON.
     List,
+    /// Add everything in a JSON file shaped like the output of `list`, in one transaction.
+    Import { file: PathBuf },
 }
 
 /// Entry point of the `gatewayd` binary. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
@@ -143,6 +146,12 @@ async fn tenant(config: &Config, cmd: TenantCommand) -> anyhow::Result<()> {
             tenants::remove_membership(&store, &agent, &business, department.as_deref()).await?
         }
         TenantCommand::Remove { kind, id } => tenants::remove(&store, &kind, &id).await?,
+        TenantCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            println!("imported {} row(s)", tenants::import(&store, &doc).await?);
+        }
         TenantCommand::List => println!("{}", serde_json::to_string_pretty(&tenants::list(&store).await?)?),
     }
     store.close().await;

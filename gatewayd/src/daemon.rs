@@ -31,7 +31,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     tracing::info!(backend = ?store.backend(), "storage ready");
     let bus = Arc::new(Bus::new());
-    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()) });
+    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt: jwt.clone() });
     let runtime = Runtime::load(&config.plugins, services).await?;
     let server = Server::bind(&config, &runtime, jwt, bus.clone()).await?;
     tracing::info!(listeners = ?server.local_addrs(), "gatewayd ready");

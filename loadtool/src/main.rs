@@ -1,1 +1,64 @@
-fn main() {}
+//! `gatewayd-load`: load generator and benchmarks for gatewayd.
+//!
+//! - `token`: print an HS256 agent token (for trying things by hand);
+//! - `flow`: play the signaling spec flow once, printing every message;
+//! - `invites`: open-loop invite load over many agent/guest pairs, reporting the achieved rate
+//!   and invite -> ring latency percentiles;
+//! - `idle`: hold many idle connections and report the daemon's resident memory per connection;
+//! - `dispatch`: the cost of one plugin event inside the runtime, without the network.
+//!
+//! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
+
+mod dispatch;
+mod report;
+mod signaling;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gatewayd-load", about = "Load generator and benchmarks for gatewayd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an HS256 token with `user_id` that expires after `ttl` seconds.
+    Token {
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        user_id: i64,
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Play the signaling flow once (agent invites guest, guest accepts; guest invites agent,
+    /// agent declines) and print every message. Needs an agent with a single membership.
+    Flow(signaling::FlowArgs),
+    /// Invite load: `pairs` agent/guest pairs send `rate` invites per second in total.
+    Invites(signaling::InviteArgs),
+    /// Hold `connections` idle guest connections and report the daemon's memory per connection.
+    Idle(signaling::IdleArgs),
+    /// Plugin dispatch cost per event, measured inside the runtime.
+    Dispatch(dispatch::DispatchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Token { secret, user_id, ttl } => {
+                let claims =
+                    serde_json::json!({"user_id": user_id, "exp": jsonwebtoken::get_current_timestamp() + ttl});
+                println!("{}", gatewayd_e2e::token_with(&claims, &secret));
+                Ok(())
+            }
+            Command::Flow(a) => signaling::flow(a).await,
+            Command::Invites(a) => signaling::invites(a).await,
+            Command::Idle(a) => signaling::idle(a).await,
+            Command::Dispatch(a) => dispatch::run(a).await,
+        }
+    })
+}

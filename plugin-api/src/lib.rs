@@ -4,7 +4,7 @@
 //! handler has a default, so implement only the events you care about) and registers itself
 //! with [`protocol_plugin!`]:
 //!
-//! ```ignore
+//! ```text
 //! use gatewayd_plugin::{Protocol, ConnectionId, conn};
 //!
 //! struct Echo;
@@ -200,6 +200,15 @@ pub mod config {
     /// Decode the plugin's config table into `T` (use `#[serde(default)]` for optional keys).
     pub fn load<T: DeserializeOwned>() -> Result<T, String> {
         serde_json::from_str(&gatewayd::plugin::config::get()).map_err(|e| format!("plugin config: {e}"))
+    }
+}
+
+/// Verify a token presented inside a protocol message (`gatewayd:plugin/auth`).
+pub mod auth {
+    /// The token's claims as JSON, or `"<code>: <why>"` when refused.
+    pub fn verify(token: &str) -> Result<serde_json::Value, String> {
+        let claims = super::gatewayd::plugin::auth::verify(token)?;
+        serde_json::from_str(&claims).map_err(|e| format!("token_invalid: {e}"))
     }
 }
 

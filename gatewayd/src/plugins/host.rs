@@ -4,7 +4,7 @@
 //! capabilities.
 
 use super::bindings::Protocol;
-use super::bindings::gatewayd::plugin::{config, connections, kv, log, session, store, timers, types};
+use super::bindings::gatewayd::plugin::{auth, config, connections, kv, log, session, store, timers, types};
 use super::{Event, Plugin, Services, Session};
 use crate::bus::{ConnId, Outbound};
 use crate::config::StoreAccess;
@@ -256,6 +256,15 @@ fn to_wit(v: Value) -> SqlValue {
 impl config::Host for HostState {
     fn get(&mut self) -> String {
         self.plugin.upgrade().map(|p| p.config_json.clone()).unwrap_or_else(|| "{}".into())
+    }
+}
+
+impl auth::Host for HostState {
+    fn verify(&mut self, token: String) -> Result<String, String> {
+        match self.services.jwt.verify(&token) {
+            Ok(claims) => Ok(serde_json::Value::Object(claims).to_string()),
+            Err(e) => Err(format!("{}: {e}", e.code())),
+        }
     }
 }
 

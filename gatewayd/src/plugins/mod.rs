@@ -81,6 +81,7 @@ pub struct Session {
 pub struct Services {
     pub bus: Arc<Bus>,
     pub store: Option<Store>,
+    pub jwt: Arc<crate::auth::JwtVerifier>,
 }
 
 /// One compiled, linked and initialised version of a plugin.

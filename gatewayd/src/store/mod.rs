@@ -105,6 +105,17 @@ impl Store {
         Ok(bind(sqlx::query(sql), params).execute(&self.pool).await?.rows_affected())
     }
 
+    /// Run statements in one transaction; the first failure rolls all of them back and is
+    /// returned with the index of the failing statement.
+    pub async fn execute_in_transaction(&self, statements: Vec<(String, Vec<Value>)>) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (i, (sql, params)) in statements.iter().enumerate() {
+            bind(sqlx::query(sql), params.clone()).execute(&mut *tx).await.with_context(|| format!("statement {i}"))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await
     }

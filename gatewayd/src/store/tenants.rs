@@ -151,3 +151,41 @@ pub async fn list(store: &Store) -> anyhow::Result<Json> {
     }
     Ok(Json::Object(out))
 }
+
+/// Import businesses, departments, agents and memberships from a document shaped like the
+/// output of [`list`], in one transaction: everything is added or nothing is.
+pub async fn import(store: &Store, doc: &Json) -> anyhow::Result<usize> {
+    let field = |item: &Json, name: &str| -> Value {
+        match item.get(name) {
+            Some(Json::String(s)) => Value::Text(s.clone()),
+            Some(Json::Number(n)) => Value::Text(n.to_string()),
+            _ => Value::Null,
+        }
+    };
+    let mut statements: Vec<(String, Vec<Value>)> = Vec::new();
+    for (key, sql, cols) in [
+        ("businesses", "INSERT INTO businesses (id, name) VALUES ($1, COALESCE($2, ''))", &["id", "name"][..]),
+        (
+            "departments",
+            "INSERT INTO departments (id, business_id, name) VALUES ($1, $2, COALESCE($3, ''))",
+            &["id", "business_id", "name"][..],
+        ),
+        (
+            "agents",
+            "INSERT INTO agents (id, user_id, display_name) VALUES ($1, $2, COALESCE($3, ''))",
+            &["id", "user_id", "display_name"][..],
+        ),
+        (
+            "memberships",
+            "INSERT INTO agent_memberships (agent_id, business_id, department_id) VALUES ($1, $2, $3)",
+            &["agent_id", "business_id", "department_id"][..],
+        ),
+    ] {
+        for item in doc.get(key).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {
+            statements.push((sql.to_string(), cols.iter().map(|c| field(item, c)).collect()));
+        }
+    }
+    let n = statements.len();
+    store.execute_in_transaction(statements).await.context("import rolled back")?;
+    Ok(n)
+}

@@ -1,0 +1,72 @@
+//! Plugin dispatch cost: the time of `Plugin::dispatch` for one event, measured in-process with
+//! the real runtime and a real plugin, no network. A connection is registered on the bus so the
+//! plugin's replies are really queued (and drained here).
+
+use crate::report::Latencies;
+use gatewayd::bus::{Bus, ConnParts, Outbound};
+use gatewayd::config::Config;
+use gatewayd::plugins::{Event, Runtime, Services, Session};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct DispatchArgs {
+    /// The signaling plugin component.
+    #[arg(long, default_value = "build/plugins/signaling.wasm")]
+    plugin: PathBuf,
+    /// Measured events (after 1,000 warm-up events).
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+}
+
+pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
+    let plugin_path = std::fs::canonicalize(&a.plugin)?;
+    let config = Config::parse(
+        &format!(
+            "[listeners.x]\naddress = \"127.0.0.1:0\"\n[plugins.signaling]\nfile = \"{}\"\n",
+            plugin_path.display()
+        ),
+        std::path::Path::new("/"),
+    )?;
+    let bus = Arc::new(Bus::new());
+    let jwt = Arc::new(gatewayd::auth::JwtVerifier::new(&config.auth)?);
+    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt });
+    let runtime = Runtime::load(&config.plugins, services).await?;
+    let plugin = runtime.plugin("signaling").expect("loaded").clone();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let conn =
+        bus.register(ConnParts { plugin: "signaling".into(), tx, kill: Arc::default(), session: Arc::default() });
+    let drain = tokio::spawn(async move {
+        let mut replies = 0u64;
+        while let Some(out) = rx.recv().await {
+            if matches!(out, Outbound::Text(_)) {
+                replies += 1;
+            }
+        }
+        replies
+    });
+    // A guest session (as on_open would have saved it) sending `ping`: parse, load the
+    // session, one host call to reply.
+    let state = r#"{"role":{"kind":"guest","guest_id":"g1"},"business_id":"b1"}"#.to_string();
+    let mut lat = Latencies::default();
+    for i in 0..(a.events + 1000) {
+        let session = Session { conn: Some(conn), state: Some(state.clone()) };
+        let t0 = Instant::now();
+        let (result, _) = plugin.dispatch(Event::Text(conn, r#"{"type":"ping"}"#.into()), session).await;
+        let elapsed = t0.elapsed();
+        result.map_err(|f| anyhow::anyhow!("dispatch failed: {f}"))?;
+        if i >= 1000 {
+            lat.record(elapsed);
+        }
+    }
+    bus.unregister(conn);
+    drop(plugin);
+    drop(runtime);
+    let replies = drain.await?;
+    anyhow::ensure!(replies as usize == a.events + 1000, "expected a pong per event, got {replies}");
+    println!("events: {}", a.events);
+    lat.print("dispatch");
+    Ok(())
+}
