@@ -36,4 +36,4 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 bench: build
-	./bench/signaling.sh
+	./loadtool/scripts/signaling.sh

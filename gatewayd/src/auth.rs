@@ -141,9 +141,10 @@ impl JwtVerifier {
                 continue;
             }
             if let (Some(want), Some(got)) = (&k.kid, &header.kid)
-                && want != got {
-                    continue;
-                }
+                && want != got
+            {
+                continue;
+            }
             match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &k.validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => {
@@ -191,16 +192,18 @@ pub fn extract_token<'a>(
         return Some((t.clone(), TokenSource::Query));
     }
     if let Some(v) = headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
-            return Some((t.trim().to_string(), TokenSource::AuthorizationHeader));
-        }
+        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    {
+        return Some((t.trim().to_string(), TokenSource::AuthorizationHeader));
+    }
     for v in headers.get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(v) = v.to_str() else { continue };
         let mut parts = v.split(',').map(str::trim);
         if parts.next().is_some_and(|p| p.eq_ignore_ascii_case("bearer"))
-            && let Some(t) = parts.next().filter(|t| !t.is_empty()) {
-                return Some((t.to_string(), TokenSource::WebSocketProtocol));
-            }
+            && let Some(t) = parts.next().filter(|t| !t.is_empty())
+        {
+            return Some((t.to_string(), TokenSource::WebSocketProtocol));
+        }
     }
     None
 }

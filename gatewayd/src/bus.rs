@@ -1,16 +1,18 @@
 //! The local message bus: live connections by id, and the named addresses plugins bind them to.
 //!
-//! Every connection has a bounded queue of outbound frames drained by its writer task; senders
-//! never wait on a socket. A client that stops reading fills its queue and is disconnected
-//! (close 1008) rather than growing memory. Addresses are namespaced by plugin, so two plugins
+//! Every connection has a bounded [`Outbox`] of outbound frames drained by its writer task;
+//! senders never wait on a socket. A client that stops reading fills its outbox and is
+//! disconnected (close 1008) rather than growing memory. Addresses are namespaced by plugin, so two plugins
 //! never see each other's connections.
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// A connection id, unique for the daemon's lifetime (`connection-id` in the WIT contract).
 pub type ConnId = u64;
@@ -25,14 +27,105 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+/// A connection's outbound queue: bounded, allocated only while frames wait (an idle
+/// connection holds no buffer), single consumer (the writer task).
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    ready: Notify,
+    /// Set when the queue overflowed: the writer closes with 1008 at once.
+    overflowed: AtomicBool,
+    /// Set when no more frames will come: the writer drains and stops.
+    closed: AtomicBool,
+}
+
+/// Why [`Outbox::push`] refused a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The consumer is too slow; the connection is being closed with 1008.
+    Full,
+    /// The connection is closing.
+    Closed,
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Outbound),
+    /// Close with 1008: the client does not read.
+    Overflowed,
+    /// Everything is sent and nothing more will come.
+    Done,
+}
+
+/// Queue capacity kept after a burst drains; more is released.
+const OUTBOX_KEEP: usize = 8;
+
+impl Outbox {
+    /// An outbox that holds at most `capacity` frames.
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
+            overflowed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queue a frame for the writer.
+    pub fn push(&self, frame: Outbound) -> Result<(), PushError> {
+        if self.closed.load(Ordering::Acquire) || self.overflowed.load(Ordering::Acquire) {
+            return Err(PushError::Closed);
+        }
+        let mut q = self.queue.lock();
+        if q.len() >= self.capacity {
+            drop(q);
+            self.overflowed.store(true, Ordering::Release);
+            self.ready.notify_one();
+            return Err(PushError::Full);
+        }
+        q.push_back(frame);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// No more frames: the writer sends what is queued and stops.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// The next thing for the (single) writer to do.
+    pub async fn next(&self) -> Next {
+        loop {
+            if self.overflowed.load(Ordering::Acquire) {
+                return Next::Overflowed;
+            }
+            {
+                let mut q = self.queue.lock();
+                if let Some(frame) = q.pop_front() {
+                    if q.is_empty() && q.capacity() > OUTBOX_KEEP {
+                        q.shrink_to(OUTBOX_KEEP);
+                    }
+                    return Next::Frame(frame);
+                }
+                if self.closed.load(Ordering::Acquire) {
+                    return Next::Done;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// What the bus holds for a live connection.
 pub struct ConnEntry {
-    tx: mpsc::Sender<Outbound>,
+    outbox: Arc<Outbox>,
     /// The plugin serving the connection (address namespace).
     plugin: Arc<str>,
     addresses: Mutex<Vec<String>>,
-    /// Wakes the writer to close the connection with 1008 when the queue overflows.
-    kill: Arc<Notify>,
     /// The connection's session state; holding the lock is what orders its events.
     session: Arc<SessionCell>,
 }
@@ -44,8 +137,7 @@ pub type SessionCell = tokio::sync::Mutex<Option<String>>;
 /// The parts of a connection the bus needs at registration.
 pub struct ConnParts {
     pub plugin: Arc<str>,
-    pub tx: mpsc::Sender<Outbound>,
-    pub kill: Arc<Notify>,
+    pub outbox: Arc<Outbox>,
     pub session: Arc<SessionCell>,
 }
 
@@ -72,11 +164,10 @@ impl Bus {
     }
 
     /// Register a new connection served by `plugin`; returns its id.
-    /// `parts.kill` is notified when the connection must be dropped as a slow consumer.
     pub fn register(&self, parts: ConnParts) -> ConnId {
-        let ConnParts { plugin, tx, kill, session } = parts;
+        let ConnParts { plugin, outbox, session } = parts;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.insert(id, Arc::new(ConnEntry { tx, plugin, addresses: Mutex::new(Vec::new()), kill, session }));
+        self.conns.insert(id, Arc::new(ConnEntry { outbox, plugin, addresses: Mutex::new(Vec::new()), session }));
         id
     }
 
@@ -101,22 +192,11 @@ impl Bus {
         self.conns.is_empty()
     }
 
-    /// Queue a frame for connection `id`. False when it is gone or its queue is full (then
-    /// it is told to close with 1008, as a client that does not read).
+    /// Queue a frame for connection `id`. False when it is gone or its outbox is full (then
+    /// it is closed with 1008, as a client that does not read).
     pub fn send(&self, id: ConnId, frame: Outbound) -> bool {
-        let Some(entry) = self.conns.get(&id).map(|e| Arc::clone(e.value())) else { return false };
-        Self::push(&entry, frame)
-    }
-
-    fn push(entry: &ConnEntry, frame: Outbound) -> bool {
-        match entry.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                entry.kill.notify_one();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        let Some(outbox) = self.conns.get(&id).map(|e| e.outbox.clone()) else { return false };
+        outbox.push(frame).is_ok()
     }
 
     /// Bind `address` (in `plugin`'s namespace) to connection `id`. Only the plugin serving a
@@ -161,10 +241,15 @@ impl Bus {
         self.conns.get(&id).map(|e| e.session.clone())
     }
 
+    /// How many connections are bound to `address` in `plugin`'s namespace.
+    pub fn count(&self, plugin: &str, address: &str) -> u32 {
+        self.addresses.get(&address_key(plugin, address)).map_or(0, |ids| ids.len() as u32)
+    }
+
     /// Ask every live connection to close with `code` and `reason`.
     pub fn close_all(&self, code: u16, reason: &str) {
         for entry in self.conns.iter() {
-            Self::push(entry.value(), Outbound::Close(code, reason.to_string()));
+            let _ = entry.outbox.push(Outbound::Close(code, reason.to_string()));
         }
     }
 
@@ -178,38 +263,51 @@ impl Bus {
 mod tests {
     use super::*;
 
-    fn parts(tx: mpsc::Sender<Outbound>, kill: Arc<Notify>) -> ConnParts {
-        ConnParts { plugin: "sig".into(), tx, kill, session: Arc::default() }
+    fn parts(outbox: Arc<Outbox>) -> ConnParts {
+        ConnParts { plugin: "sig".into(), outbox, session: Arc::default() }
+    }
+
+    fn text(s: &'static str) -> Outbound {
+        Outbound::Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
     }
 
     #[test]
     fn addresses_are_per_plugin_and_cleaned_up() {
         let bus = Bus::new();
-        let (tx, mut rx) = mpsc::channel(8);
-        let a = bus.register(parts(tx, Arc::new(Notify::new())));
+        let outbox = Arc::new(Outbox::new(8));
+        let a = bus.register(parts(outbox.clone()));
         assert!(bus.bind("sig", a, "guest/b/1"));
         assert!(!bus.bind("chat", a, "guest/b/1"), "another plugin cannot bind it");
         assert_eq!(bus.send_to("chat", "guest/b/1", Bytes::from_static(b"x")), 0);
+        assert_eq!(bus.count("sig", "guest/b/1"), 1);
         assert_eq!(bus.send_to("sig", "guest/b/1", Bytes::from_static(b"x")), 1);
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Text(t)) if &t[..] == b"x"));
+        assert!(matches!(block_on(outbox.next()), Next::Frame(Outbound::Text(t)) if &t[..] == b"x"));
         bus.unregister(a);
         assert_eq!(bus.send_to("sig", "guest/b/1", Bytes::from_static(b"x")), 0);
         assert!(bus.addresses.is_empty());
     }
 
     #[test]
-    fn a_full_queue_refuses_and_asks_to_close() {
-        let bus = Bus::new();
-        let (tx, mut rx) = mpsc::channel(2);
-        let kill = Arc::new(Notify::new());
-        let a = bus.register(parts(tx, kill.clone()));
-        assert!(bus.send(a, Outbound::Text(Bytes::from_static(b"1"))));
-        assert!(bus.send(a, Outbound::Text(Bytes::from_static(b"2"))));
-        assert!(!bus.send(a, Outbound::Text(Bytes::from_static(b"3"))));
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Text(_))));
-        // The overflow left a permit: the writer's next wait returns at once.
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            tokio::time::timeout(std::time::Duration::from_millis(100), kill.notified()).await.expect("kill notified")
-        });
+    fn a_full_outbox_refuses_and_overflows() {
+        let outbox = Outbox::new(2);
+        assert_eq!(outbox.push(text("1")), Ok(()));
+        assert_eq!(outbox.push(text("2")), Ok(()));
+        assert_eq!(outbox.push(text("3")), Err(PushError::Full));
+        assert_eq!(outbox.push(text("4")), Err(PushError::Closed));
+        assert!(matches!(block_on(outbox.next()), Next::Overflowed));
+    }
+
+    #[test]
+    fn a_closed_outbox_drains_then_ends() {
+        let outbox = Outbox::new(4);
+        outbox.push(text("1")).unwrap();
+        outbox.close();
+        assert_eq!(outbox.push(text("2")), Err(PushError::Closed));
+        assert!(matches!(block_on(outbox.next()), Next::Frame(_)));
+        assert!(matches!(block_on(outbox.next()), Next::Done));
     }
 }

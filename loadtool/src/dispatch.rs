@@ -3,7 +3,7 @@
 //! plugin's replies are really queued (and drained here).
 
 use crate::report::Latencies;
-use gatewayd::bus::{Bus, ConnParts, Outbound};
+use gatewayd::bus::{Bus, ConnParts, Next, Outbound, Outbox};
 use gatewayd::config::Config;
 use gatewayd::plugins::{Event, Runtime, Services, Session};
 use std::path::PathBuf;
@@ -35,12 +35,13 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     let runtime = Runtime::load(&config.plugins, services).await?;
     let plugin = runtime.plugin("signaling").expect("loaded").clone();
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let conn =
-        bus.register(ConnParts { plugin: "signaling".into(), tx, kill: Arc::default(), session: Arc::default() });
+    // Room for every reply: the measured loop must never find the outbox full.
+    let outbox = Arc::new(Outbox::new(a.events + 1000));
+    let conn = bus.register(ConnParts { plugin: "signaling".into(), outbox: outbox.clone(), session: Arc::default() });
+    let drained = outbox.clone();
     let drain = tokio::spawn(async move {
         let mut replies = 0u64;
-        while let Some(out) = rx.recv().await {
+        while let Next::Frame(out) = drained.next().await {
             if matches!(out, Outbound::Text(_)) {
                 replies += 1;
             }
@@ -62,6 +63,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
         }
     }
     bus.unregister(conn);
+    outbox.close();
     drop(plugin);
     drop(runtime);
     let replies = drain.await?;

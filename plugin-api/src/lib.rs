@@ -106,7 +106,7 @@ pub mod __sdk {
 /// Sending to clients (`gatewayd:plugin/connections`).
 pub mod conn {
     use super::*;
-    pub use gatewayd::plugin::connections::{bind, close, send_binary, send_text, send_to, unbind};
+    pub use gatewayd::plugin::connections::{bind, close, count, send_binary, send_text, send_to, unbind};
 
     /// Serialize `message` to JSON and queue it on connection `id`. False when it is gone.
     pub fn send_json<T: Serialize + ?Sized>(id: ConnectionId, message: &T) -> bool {

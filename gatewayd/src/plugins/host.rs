@@ -130,6 +130,10 @@ impl connections::Host for HostState {
     fn send_to(&mut self, address: String, text: String) -> u32 {
         self.services.bus.send_to(&self.name, &address, Bytes::from(text))
     }
+
+    fn count(&mut self, address: String) -> u32 {
+        self.services.bus.count(&self.name, &address)
+    }
 }
 
 impl session::Host for HostState {

@@ -5,7 +5,7 @@
 //! close requested by the plugin, by a full send queue (1008), by an oversized message (1009)
 //! or by invalid UTF-8 (1007) is sent, after which the peer has `CLOSE_GRACE` to answer.
 
-use crate::bus::{Bus, ConnParts, Outbound, SessionCell};
+use crate::bus::{Bus, ConnParts, Next, Outbound, Outbox, SessionCell};
 use crate::plugins::{ConnectInfo, Event, Plugin};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::WriteHalf;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// How long a peer has to answer our close frame before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
@@ -50,17 +50,11 @@ pub async fn serve(
     let (rd, wr) = ws.split(tokio::io::split);
     let mut rd = fastwebsockets::FragmentCollectorRead::new(rd);
 
-    let (tx, rx) = mpsc::channel(accepted.send_queue_frames);
-    let kill = Arc::new(Notify::new());
+    let outbox = Arc::new(Outbox::new(accepted.send_queue_frames));
     let closing = Arc::new(Notify::new());
     let session = Arc::new(SessionCell::default());
-    let id = bus.register(ConnParts {
-        plugin: plugin.name().into(),
-        tx: tx.clone(),
-        kill: kill.clone(),
-        session: session.clone(),
-    });
-    let writer = tokio::spawn(write_loop(wr, rx, kill, closing.clone()));
+    let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
+    let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone()));
 
     let info = ConnectInfo {
         id,
@@ -70,16 +64,18 @@ pub async fn serve(
         claims: accepted.claims,
         remote_addr: accepted.remote_addr,
     };
-    let code = match plugin.dispatch_in_session(id, &session, Event::Open(info)).await {
-        Ok(()) => read_loop(&mut rd, id, &plugin, &session, &tx, &closing).await,
+    // Dispatch futures are boxed: they hold wasmtime call state only while an event runs, so an
+    // idle connection's task stays small.
+    let code = match Box::pin(plugin.dispatch_in_session(id, &session, Event::Open(info))).await {
+        Ok(()) => read_loop(&mut rd, id, &plugin, &session, &outbox, &closing).await,
         Err(fault) => {
-            let _ = tx.try_send(Outbound::Close(1011, fault.code().into()));
-            await_close(&mut rd, &tx).await
+            let _ = outbox.push(Outbound::Close(1011, fault.code().into()));
+            await_close(&mut rd, &outbox).await
         }
     };
-    let _ = plugin.dispatch_in_session(id, &session, Event::Close(id, code)).await;
+    let _ = Box::pin(plugin.dispatch_in_session(id, &session, Event::Close(id, code))).await;
     bus.unregister(id);
-    drop(tx);
+    outbox.close();
     let _ = writer.await;
 }
 
@@ -92,14 +88,14 @@ async fn read_loop(
     id: u64,
     plugin: &Arc<Plugin>,
     session: &SessionCell,
-    tx: &mpsc::Sender<Outbound>,
+    outbox: &Outbox,
     closing: &Notify,
 ) -> u16 {
-    let mut obligated = obligated_sender(tx);
+    let mut obligated = obligated_sender(outbox);
     loop {
         let frame = tokio::select! {
             biased;
-            _ = closing.notified() => return await_close(rd, tx).await,
+            _ = closing.notified() => return await_close(rd, outbox).await,
             frame = rd.read_frame(&mut obligated) => frame,
         };
         let event = match frame {
@@ -107,34 +103,34 @@ async fn read_loop(
                 // FragmentCollectorRead guarantees complete, valid UTF-8 text messages.
                 OpCode::Text => match String::from_utf8(Vec::from(frame.payload)) {
                     Ok(text) => Event::Text(id, text),
-                    Err(_) => return fail(rd, tx, 1007, "invalid UTF-8").await,
+                    Err(_) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
                 },
                 OpCode::Binary => Event::Binary(id, Vec::from(frame.payload)),
                 OpCode::Close => return close_code(&frame.payload),
                 _ => continue,
             },
-            Err(WebSocketError::FrameTooLarge) => return fail(rd, tx, 1009, "message too big").await,
-            Err(WebSocketError::InvalidUTF8) => return fail(rd, tx, 1007, "invalid UTF-8").await,
+            Err(WebSocketError::FrameTooLarge) => return fail(rd, outbox, 1009, "message too big").await,
+            Err(WebSocketError::InvalidUTF8) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
             Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
                 return 1006;
             }
-            Err(e) => return fail(rd, tx, 1002, &e.to_string()).await,
+            Err(e) => return fail(rd, outbox, 1002, &e.to_string()).await,
         };
         // A fault is reported to the client by dispatch_in_session; the connection goes on.
-        let _ = plugin.dispatch_in_session(id, session, event).await;
+        let _ = Box::pin(plugin.dispatch_in_session(id, session, event)).await;
     }
 }
 
 /// Close with `code` after a protocol violation; returns `code`.
-async fn fail(rd: &mut Reader, tx: &mpsc::Sender<Outbound>, code: u16, reason: &str) -> u16 {
-    let _ = tx.try_send(Outbound::Close(code, reason.to_string()));
-    await_close(rd, tx).await;
+async fn fail(rd: &mut Reader, outbox: &Outbox, code: u16, reason: &str) -> u16 {
+    let _ = outbox.push(Outbound::Close(code, reason.to_string()));
+    await_close(rd, outbox).await;
     code
 }
 
 /// After our close frame went out: wait (bounded) for the peer's close reply.
-async fn await_close(rd: &mut Reader, tx: &mpsc::Sender<Outbound>) -> u16 {
-    let mut obligated = obligated_sender(tx);
+async fn await_close(rd: &mut Reader, outbox: &Outbox) -> u16 {
+    let mut obligated = obligated_sender(outbox);
     let wait = async {
         loop {
             match rd.read_frame(&mut obligated).await {
@@ -149,7 +145,7 @@ async fn await_close(rd: &mut Reader, tx: &mpsc::Sender<Outbound>) -> u16 {
 
 /// Frames fastwebsockets must send in reply (pong, close echo) go through the writer.
 fn obligated_sender(
-    tx: &mpsc::Sender<Outbound>,
+    outbox: &Outbox,
 ) -> impl FnMut(Frame<'_>) -> futures_util::future::Ready<Result<(), &'static str>> + '_ {
     move |frame: Frame<'_>| {
         let out = match frame.opcode {
@@ -161,8 +157,8 @@ fn obligated_sender(
             }
             _ => Outbound::Pong(Bytes::copy_from_slice(&frame.payload)),
         };
-        // A full queue means the writer is already closing this connection.
-        let _ = tx.try_send(out);
+        // A refused push means the connection is already closing.
+        let _ = outbox.push(out);
         futures_util::future::ready(Ok(()))
     }
 }
@@ -176,20 +172,12 @@ fn close_code(payload: &[u8]) -> u16 {
 
 /// Drain the outbound queue onto the socket. Ends after sending a close frame, on a write
 /// error, or when every sender is gone.
-async fn write_loop(
-    mut wr: WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>,
-    mut rx: mpsc::Receiver<Outbound>,
-    kill: Arc<Notify>,
-    closing: Arc<Notify>,
-) {
+async fn write_loop(mut wr: WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>, outbox: Arc<Outbox>, closing: Arc<Notify>) {
     loop {
-        let out = tokio::select! {
-            biased;
-            _ = kill.notified() => Outbound::Close(1008, "send queue full".into()),
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => break,
-            },
+        let out = match outbox.next().await {
+            Next::Frame(out) => out,
+            Next::Overflowed => Outbound::Close(1008, "send queue full".into()),
+            Next::Done => break,
         };
         let (result, done) = match &out {
             Outbound::Text(b) => (wr.write_frame(Frame::text(Payload::Borrowed(b))).await, false),
@@ -203,6 +191,7 @@ async fn write_loop(
             break;
         }
     }
+    outbox.close();
     closing.notify_one();
 }
 

@@ -74,9 +74,10 @@ pub fn resolve(info: &ConnectInfo) -> Result<Identity, Refusal> {
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| refuse(CLOSE_MISSING_IDENTITY, "guest_id or token is required"))?;
             if let Some(b) = business_id
-                && !business_exists(b).map_err(|e| refuse(CLOSE_INTERNAL, e))? {
-                    return Err(refuse(CLOSE_UNKNOWN_BUSINESS, format!("unknown business_id {b}")));
-                }
+                && !business_exists(b).map_err(|e| refuse(CLOSE_INTERNAL, e))?
+            {
+                return Err(refuse(CLOSE_UNKNOWN_BUSINESS, format!("unknown business_id {b}")));
+            }
             Ok(Identity {
                 role: Role::Guest { guest_id: guest_id.to_string() },
                 business_id: business_id.map(str::to_string),
@@ -133,9 +134,10 @@ fn resolve_agent(claims: &str, department: Option<&str>, business: Option<&str>)
             return Err(refuse(CLOSE_MEMBERSHIP, format!("agent is not a member of department {d}")));
         }
         if let Some(b) = business
-            && m.iter().all(|m| m.business_id != b) {
-                return Err(refuse(CLOSE_MEMBERSHIP, format!("department {d} is not in business {b}")));
-            }
+            && m.iter().all(|m| m.business_id != b)
+        {
+            return Err(refuse(CLOSE_MEMBERSHIP, format!("department {d} is not in business {b}")));
+        }
         m
     } else if let Some(b) = business {
         let m: Vec<_> = memberships.iter().filter(|m| m.business_id == b).collect();

@@ -62,14 +62,14 @@ impl Endpoint {
         }
     }
     /// The `to_*_id` field naming this endpoint.
-    fn to_field(&self) -> (&'static str, &str) {
+    fn recipient_field(&self) -> (&'static str, &str) {
         match self {
             Endpoint::Guest(id) => ("to_guest_id", id),
             Endpoint::Agent(id) => ("to_agent_id", id),
         }
     }
     /// The `from_*_id` field naming this endpoint.
-    fn from_field(&self) -> (&'static str, &str) {
+    fn sender_field(&self) -> (&'static str, &str) {
         match self {
             Endpoint::Guest(id) => ("from_guest_id", id),
             Endpoint::Agent(id) => ("from_agent_id", id),
@@ -125,12 +125,12 @@ impl Protocol for Signaling {
     fn on_timer(key: String, _payload: String) {
         // An invite rang for `invite_timeout_secs` without an answer.
         let Some(inv) = kv::take_json::<PendingInvite>(&key) else { return };
-        let (to_name, to_id) = inv.target.to_field();
+        let (to_name, to_id) = inv.target.recipient_field();
         conn::send_json_to(
             &inv.caller.address(&inv.business_id),
             &json!({"type": "call.timeout", to_name: to_id, "business_id": inv.business_id, "room_id": inv.room_id}),
         );
-        let (from_name, from_id) = inv.caller.from_field();
+        let (from_name, from_id) = inv.caller.sender_field();
         conn::send_json_to(
             &inv.target.address(&inv.business_id),
             &json!({"type": "call.timeout", from_name: from_id, "business_id": inv.business_id, "room_id": inv.room_id}),
@@ -138,7 +138,10 @@ impl Protocol for Signaling {
     }
 }
 
-/// `call.invite` (spec sections 2-4): ring the target, acknowledge to the caller.
+/// `call.invite` (spec sections 2-4): acknowledge to the caller, then ring the target.
+///
+/// Order matters: the pending invite is recorded and `invite.sent` queued *before* the ring, so
+/// a target that answers at once can never make `call.accepted` overtake `invite.sent`.
 fn invite(
     id: ConnectionId,
     me: &mut Identity,
@@ -149,24 +152,9 @@ fn invite(
 ) -> Result<(), ErrorMsg> {
     me.check_business(id, &business_id)?;
     let caller = me.endpoint();
-    let ring_from = caller.from_field();
-    let mut ring = json!({
-        "type": "call.ring",
-        ring_from.0: ring_from.1,
-        "business_id": business_id,
-        "room_id": room_id,
-    });
-    if let Some(display) = &caller_display {
-        ring["caller_display"] = json!(display);
-    }
-    let ring = ring.to_string();
-    let (target, delivered) = match (&me.role, to) {
-        (Role::Agent { .. }, Party::Guest(guest_id)) => {
-            let target = Endpoint::Guest(guest_id);
-            let n = conn::send_to(&target.address(&business_id), &ring);
-            (target, n)
-        }
-        (Role::Guest { .. }, Party::Agent(named)) => deliver_to_agent(&business_id, &named, &ring),
+    let target = match (&me.role, to) {
+        (Role::Agent { .. }, Party::Guest(guest_id)) => Endpoint::Guest(guest_id),
+        (Role::Guest { .. }, Party::Agent(named)) => online_agent(&business_id, &named),
         (Role::Agent { .. }, Party::Agent(_)) => {
             return Err(ErrorMsg::new("invalid_target", "agents invite guests: use `to_guest_id`"));
         }
@@ -174,39 +162,55 @@ fn invite(
             return Err(ErrorMsg::new("invalid_target", "guests invite agents: use `to_agent_id`"));
         }
     };
-    if delivered == 0 {
-        let (name, target_id) = target.to_field();
-        return Err(ErrorMsg::new("target_offline", format!("`{name}` {target_id} is not connected")));
+    let target_address = target.address(&business_id);
+    let offline = || {
+        let (name, target_id) = target.recipient_field();
+        ErrorMsg::new("target_offline", format!("`{name}` {target_id} is not connected"))
+    };
+    if conn::count(&target_address) == 0 {
+        return Err(offline());
     }
     let key = invite_key(&business_id, &room_id, &caller, &target);
     let timeout_ms = invite_timeout_ms();
-    let pending =
-        PendingInvite { business_id: business_id.clone(), room_id: room_id.clone(), caller, target: target.clone() };
+    let pending = PendingInvite {
+        business_id: business_id.clone(),
+        room_id: room_id.clone(),
+        caller: caller.clone(),
+        target: target.clone(),
+    };
     // The kv entry outlives the timer a little so the timer always finds it.
     kv::put_json(&key, &pending, Some(timeout_ms.saturating_add(60_000)));
     timers::set(&key, timeout_ms, "", None);
-    let (to_name, to_id) = target.to_field();
+    let (to_name, to_id) = target.recipient_field();
     conn::send_json(
         id,
         &json!({"type": "invite.sent", to_name: to_id, "business_id": business_id, "room_id": room_id}),
     );
+
+    let (from_name, from_id) = caller.sender_field();
+    let mut ring = json!({"type": "call.ring", from_name: from_id, "business_id": business_id, "room_id": room_id});
+    if let Some(display) = &caller_display {
+        ring["caller_display"] = json!(display);
+    }
+    if conn::send_json_to(&target_address, &ring) == 0 {
+        // The target left between the presence check and the ring.
+        kv::take(&key);
+        timers::cancel(&key);
+        return Err(offline());
+    }
     Ok(())
 }
 
-/// Ring an agent named by agent id or, as the spec's own example does, by user id.
-fn deliver_to_agent(business_id: &str, named: &str, ring: &str) -> (Endpoint, u32) {
+/// The agent a guest names by agent id or, as the spec's own example does, by user id: the
+/// agent id if someone is connected under it, else the agent of that user id, if known.
+fn online_agent(business_id: &str, named: &str) -> Endpoint {
     let by_agent_id = Endpoint::Agent(named.to_string());
-    let n = conn::send_to(&by_agent_id.address(business_id), ring);
-    if n > 0 {
-        return (by_agent_id, n);
+    if conn::count(&by_agent_id.address(business_id)) > 0 {
+        return by_agent_id;
     }
     match identity::agent_for_user(business_id, named) {
-        Some(agent_id) => {
-            let target = Endpoint::Agent(agent_id);
-            let n = conn::send_to(&target.address(business_id), ring);
-            (target, n)
-        }
-        None => (by_agent_id, 0),
+        Some(agent_id) => Endpoint::Agent(agent_id),
+        None => by_agent_id,
     }
 }
 
@@ -246,7 +250,7 @@ fn respond(
         return Err(ErrorMsg::new("no_pending_invite", format!("no pending invite in room {room_id} from that party")));
     };
     timers::cancel(&key);
-    let (from_name, from_id) = target.from_field();
+    let (from_name, from_id) = target.sender_field();
     let outcome = json!({
         "type": if accept { "call.accepted" } else { "call.declined" },
         from_name: from_id,
@@ -254,10 +258,10 @@ fn respond(
         "room_id": room_id,
     });
     if conn::send_json_to(&inv.caller.address(&business_id), &outcome) == 0 {
-        let (name, caller_id) = inv.caller.to_field();
+        let (name, caller_id) = inv.caller.recipient_field();
         return Err(ErrorMsg::new("target_offline", format!("`{name}` {caller_id} is no longer connected")));
     }
-    let (to_name, to_id) = inv.caller.to_field();
+    let (to_name, to_id) = inv.caller.recipient_field();
     conn::send_json(
         id,
         &json!({"type": "response.sent", to_name: to_id, "business_id": business_id, "room_id": room_id, "accept": accept}),
