@@ -16,7 +16,7 @@ BUSINESS=bench-business
 ulimit -n "$(ulimit -Hn)"  # 10,000 connections need as many descriptors on each side
 
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $pid 2>/dev/null || true; cp "$work/daemon.log" /tmp/gatewayd-bench-daemon.log 2>/dev/null; rm -rf "$work"' EXIT
 cat > "$work/gatewayd.toml" <<TOML
 [daemon]
 state_dir = "$work/state"

@@ -120,7 +120,7 @@ pub async fn invites(a: InviteArgs) -> anyhow::Result<()> {
                 tokio::time::sleep_until(next.into()).await;
                 let room = format!("r{i}-{seq}");
                 agent.send_json(&json!({"type": "call.invite", "to_guest_id": guest_id, "business_id": *business, "room_id": room})).await?;
-                let ring = guest.recv_json().await?;
+                let ring = guest.recv_json().await.with_context(|| format!("pair {i}: waiting for call.ring of {room}"))?;
                 if ring["type"] != "call.ring" {
                     bail!("pair {i}: expected call.ring, got {ring}");
                 }
@@ -130,7 +130,8 @@ pub async fn invites(a: InviteArgs) -> anyhow::Result<()> {
                 }
                 guest.send_json(&json!({"type": "call.response", "to_agent_id": agent_id, "business_id": *business, "room_id": room, "accept": true})).await?;
                 for (is_agent, want) in [(true, "invite.sent"), (false, "response.sent"), (true, "call.accepted")] {
-                    let m = if is_agent { agent.recv_json().await? } else { guest.recv_json().await? };
+                    let m = if is_agent { agent.recv_json().await } else { guest.recv_json().await }
+                        .with_context(|| format!("pair {i}: waiting for {want} of {room}"))?;
                     if m["type"] != want {
                         bail!("pair {i}: expected {want}, got {m}");
                     }

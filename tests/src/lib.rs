@@ -307,6 +307,17 @@ memory_mb = 16
         Ok(child.wait()?)
     }
 
+    /// Process id of the daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Wait for the daemon to exit (after a signal sent elsewhere).
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        Ok(child.wait()?)
+    }
+
     /// Is the process still alive?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
