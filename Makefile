@@ -17,6 +17,9 @@ plugins: setup
 	$(CARGO) build --profile plugin --target wasm32-wasip2 $(addprefix -p gatewayd-,$(PLUGINS))
 	@mkdir -p build/plugins
 	@for p in $(PLUGINS); do cp $(WASM_DIR)/gatewayd_$$(echo $$p | tr - _).wasm build/plugins/$$p.wasm; done
+	# A second version of fault-test, for hot-reload tests and benchmarks.
+	$(CARGO) build --profile plugin --target wasm32-wasip2 -p gatewayd-fault-test --features v2
+	@cp $(WASM_DIR)/gatewayd_fault_test.wasm build/plugins/fault-test-v2.wasm
 
 build: plugins
 	$(CARGO) build --release -p gatewayd -p gatewayd-load

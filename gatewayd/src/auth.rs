@@ -10,6 +10,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Why a token was refused. The `Display` text is safe to send to the client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,16 +49,56 @@ impl AuthError {
     }
 }
 
+#[derive(Clone)]
 struct Key {
+    /// Identity across reloads: algorithm, kid and a digest of the key material.
+    id: String,
     algorithm: Algorithm,
     kid: Option<String>,
     key: DecodingKey,
     validation: Validation,
+    /// A key removed from the config by a reload is still accepted until then.
+    retire_at: Option<std::time::Instant>,
 }
 
 /// Verifies tokens against the configured keys.
 pub struct JwtVerifier {
     keys: Vec<Key>,
+}
+
+/// The verifier in use, replaceable on config reload (key rotation).
+pub struct Keys(parking_lot::RwLock<Arc<JwtVerifier>>);
+
+impl Keys {
+    pub fn new(verifier: JwtVerifier) -> Keys {
+        Keys(parking_lot::RwLock::new(Arc::new(verifier)))
+    }
+
+    /// Verify with the current keys (see [`JwtVerifier::verify`]).
+    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        let verifier = self.0.read().clone();
+        verifier.verify(token)
+    }
+
+    /// Switch to the keys of `config`. Keys the new config no longer lists stay accepted for
+    /// `config.rotation_overlap_secs`, so tokens signed with them keep working during a rotation.
+    pub fn rotate(&self, config: &AuthConfig) -> anyhow::Result<()> {
+        let mut next = JwtVerifier::new(config)?;
+        let retire_at = std::time::Instant::now() + std::time::Duration::from_secs(config.rotation_overlap_secs);
+        let now = std::time::Instant::now();
+        let current = self.0.read().clone();
+        for old in &current.keys {
+            let still_configured = next.keys.iter().any(|k| k.id == old.id);
+            let still_retiring = old.retire_at.is_none_or(|t| t > now);
+            if !still_configured && still_retiring && config.rotation_overlap_secs > 0 {
+                let mut k = old.clone();
+                k.retire_at = Some(old.retire_at.unwrap_or(retire_at).min(retire_at));
+                next.keys.push(k);
+            }
+        }
+        *self.0.write() = Arc::new(next);
+        Ok(())
+    }
 }
 
 /// Check one key's configuration without loading secrets from the environment.
@@ -80,7 +121,9 @@ impl JwtVerifier {
         for (i, k) in config.keys.iter().enumerate() {
             check_key_config(k).map_err(|e| anyhow::anyhow!("auth.keys[{i}]: {e}"))?;
             let algorithm = Algorithm::from_str(&k.algorithm).expect("checked above");
+            let material: Vec<u8>;
             let key = if let Some(secret) = &k.secret {
+                material = secret.as_bytes().to_vec();
                 DecodingKey::from_secret(secret.as_bytes())
             } else if let Some(var) = &k.secret_env {
                 let secret =
@@ -88,6 +131,7 @@ impl JwtVerifier {
                 if secret.len() < 16 {
                     anyhow::bail!("auth.keys[{i}].secret_env: ${var} must hold at least 16 bytes");
                 }
+                material = secret.as_bytes().to_vec();
                 DecodingKey::from_secret(secret.as_bytes())
             } else {
                 let path = k.public_key_file.as_ref().expect("checked above");
@@ -98,8 +142,12 @@ impl JwtVerifier {
                     Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
                     _ => DecodingKey::from_rsa_pem(&pem),
                 };
+                material = pem.clone();
                 parsed.map_err(|e| anyhow::anyhow!("auth.keys[{i}].public_key_file: {}: {e}", path.display()))?
             };
+            use sha2::Digest;
+            let digest: String = sha2::Sha256::digest(&material).iter().take(8).map(|b| format!("{b:02x}")).collect();
+            let id = format!("{}|{}|{digest}", k.algorithm, k.kid.as_deref().unwrap_or(""));
             let mut validation = Validation::new(algorithm);
             validation.leeway = config.leeway_secs;
             validation.validate_exp = true;
@@ -118,7 +166,7 @@ impl JwtVerifier {
                 required.push("iss");
             }
             validation.set_required_spec_claims(&required);
-            keys.push(Key { algorithm, kid: k.kid.clone(), key, validation });
+            keys.push(Key { id, algorithm, kid: k.kid.clone(), key, validation, retire_at: None });
         }
         Ok(JwtVerifier { keys })
     }
@@ -136,8 +184,9 @@ impl JwtVerifier {
             _ => AuthError::Malformed,
         })?;
         let mut last = AuthError::Algorithm;
+        let now = std::time::Instant::now();
         for k in &self.keys {
-            if k.algorithm != header.alg {
+            if k.algorithm != header.alg || k.retire_at.is_some_and(|t| t <= now) {
                 continue;
             }
             if let (Some(want), Some(got)) = (&k.kid, &header.kid)
@@ -228,6 +277,7 @@ mod tests {
             issuer: None,
             audience: audience.map(str::to_string),
             leeway_secs: 5,
+            rotation_overlap_secs: 0,
         })
         .unwrap()
     }

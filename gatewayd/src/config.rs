@@ -18,6 +18,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The admin listener (metrics and health); none when absent.
+    pub admin: Option<AdminConfig>,
     /// Listeners by name: `[listeners.main] address = "127.0.0.1:8000"`.
     pub listeners: BTreeMap<String, ListenerConfig>,
     /// Routes in match order: the first route whose listener and path match wins.
@@ -83,12 +85,23 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// On a config reload, keys removed from `keys` stay accepted this many seconds (key
+    /// rotation: add the new key, reload, later remove the old one, reload).
+    pub rotation_overlap_secs: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { keys: Vec::new(), issuer: None, audience: None, leeway_secs: 30 }
+        AuthConfig { keys: Vec::new(), issuer: None, audience: None, leeway_secs: 30, rotation_overlap_secs: 3600 }
     }
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind; keep it on loopback or a private network.
+    pub address: SocketAddr,
 }
 
 /// One verification key.

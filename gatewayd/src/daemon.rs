@@ -1,19 +1,32 @@
-//! Start-up and shutdown: config -> storage (migrated) -> plugins -> listeners -> serve, and on
-//! SIGTERM/SIGINT a graceful stop.
+//! Start-up, reload and shutdown.
+//!
+//! Start-up: config -> storage (migrated) -> plugins -> listeners bound -> admin -> ready
+//! (`READY=1` to systemd). Reload, on SIGHUP or when the config file or a plugin file changes:
+//! the config is re-read and validated; changed plugins are rebuilt and swapped, JWT keys
+//! rotated, routes replaced; anything invalid is rejected with a log line and a counter while
+//! the running setup keeps serving. Stop, on SIGTERM/SIGINT: stop accepting, close WebSockets
+//! with 1001, let writers finish for up to `DRAIN_TIMEOUT`, exit.
 
-use crate::auth::JwtVerifier;
+use crate::auth::{JwtVerifier, Keys};
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::plugins::stats::Metrics;
 use crate::plugins::{Runtime, Services};
-use crate::server::Server;
+use crate::server::admin::Admin;
+use crate::server::{Listener, Server};
 use crate::store::Store;
 use anyhow::Context;
+use notify::Watcher;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// How long open connections get to close after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// File events closer together than this trigger one reload.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Open the database named by the config and apply migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -24,21 +37,51 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Run the daemon until a stop signal.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// What a reload needs.
+struct Reloader {
+    config_path: PathBuf,
+    runtime: Arc<Runtime>,
+    keys: Arc<Keys>,
+    listeners: Vec<Arc<Listener>>,
+}
+
+/// Run the daemon (config read from `config_path`) until a stop signal.
+pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     config.check_files()?;
-    let jwt = Arc::new(JwtVerifier::new(&config.auth)?);
+    let keys = Arc::new(Keys::new(JwtVerifier::new(&config.auth)?));
     let store = open_store(&config).await?;
     tracing::info!(backend = ?store.backend(), "storage ready");
     let bus = Arc::new(Bus::new());
-    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt: jwt.clone() });
-    let runtime = Runtime::load(&config.plugins, services).await?;
-    let server = Server::bind(&config, &runtime, jwt, bus.clone()).await?;
-    tracing::info!(listeners = ?server.local_addrs(), "gatewayd ready");
-
+    let metrics = Arc::new(Metrics::default());
+    let jwt = keys.clone();
+    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt, metrics: metrics.clone() });
+    let runtime = Arc::new(Runtime::load(&config.plugins, services).await?);
+    let server = Server::bind(&config, &runtime, keys.clone(), bus.clone()).await?;
+    let admin = Arc::new(Admin { metrics, bus: bus.clone(), ready: false.into() });
+    if let Some(a) = &config.admin {
+        let socket = tokio::net::TcpListener::bind(a.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin.address: cannot bind {}: {e}", a.address))?;
+        tracing::info!(address = %socket.local_addr()?, "admin listening");
+        tokio::spawn(crate::server::admin::serve(socket, admin.clone()));
+    }
+    let reloader = Arc::new(Reloader {
+        config_path: config_path.to_path_buf(),
+        runtime: runtime.clone(),
+        keys,
+        listeners: server.listeners(),
+    });
+    let addrs = server.local_addrs();
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(server.run(stop_rx));
-    wait_for_stop_signal().await;
+    let _watcher = watch_files(&config, config_path, reloader.clone());
+    admin.ready.store(true, Ordering::Release);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(listeners = ?addrs, "gatewayd ready");
+
+    wait_for_stop(reloader).await;
+    admin.ready.store(false, Ordering::Release);
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(connections = bus.len(), "stopping: no new connections; closing open ones with 1001");
     let _ = stop_tx.send(true);
     let _ = serving.await;
@@ -52,12 +95,95 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "systemd notification failed");
+    }
+}
+
+/// Serve signals until SIGTERM/SIGINT; SIGHUP reloads.
+async fn wait_for_stop(reloader: Arc<Reloader>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                reloader.reload().await;
+            }
+        }
     }
+}
+
+impl Reloader {
+    /// Re-read the config and apply what changed. Never stops the daemon.
+    async fn reload(&self) {
+        notify_systemd(&[sd_notify::NotifyState::Reloading]);
+        match Config::load(&self.config_path).and_then(|c| c.check_files().map(|_| c)) {
+            Err(e) => tracing::error!(error = %e, "config reload rejected; the running configuration keeps serving"),
+            Ok(config) => {
+                let report = self.runtime.reload(&config.plugins).await;
+                if let Err(e) = self.keys.rotate(&config.auth) {
+                    tracing::error!(error = %format!("{e:#}"), "JWT keys not reloaded; the current keys stay");
+                }
+                for listener in &self.listeners {
+                    if config.listeners.contains_key(listener.name()) {
+                        listener.update_routes(&config, &self.runtime);
+                    } else {
+                        tracing::warn!(
+                            listener = listener.name(),
+                            "listener removed from config: restart gatewayd to close it"
+                        );
+                    }
+                }
+                tracing::info!(reloaded = ?report.reloaded, rejected = report.failed.len(), "reload done");
+            }
+        }
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// Watch the config file and every plugin file; a change triggers a debounced reload. Returns
+/// the watcher, which must be kept alive.
+fn watch_files(config: &Config, config_path: &Path, reloader: Arc<Reloader>) -> Option<notify::RecommendedWatcher> {
+    let mut files: Vec<PathBuf> = config.plugins.values().map(|p| p.file.clone()).collect();
+    files.push(std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()));
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watched = files.clone();
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| watched.contains(p))
+            && !matches!(event.kind, notify::EventKind::Access(_))
+        {
+            let _ = tx.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP");
+            return None;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; reload with SIGHUP");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(RELOAD_DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            tracing::info!("file change: reloading");
+            reloader.reload().await;
+        }
+    });
+    Some(watcher)
 }

@@ -30,8 +30,8 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
         std::path::Path::new("/"),
     )?;
     let bus = Arc::new(Bus::new());
-    let jwt = Arc::new(gatewayd::auth::JwtVerifier::new(&config.auth)?);
-    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt });
+    let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&config.auth)?));
+    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics: Arc::default() });
     let runtime = Runtime::load(&config.plugins, services).await?;
     let plugin = runtime.plugin("signaling").expect("loaded").clone();
 

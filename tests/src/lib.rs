@@ -114,6 +114,12 @@ pub struct DaemonOptions {
     pub signaling_limits: String,
     /// Extra keys of the `[auth]` table (audience, issuer).
     pub auth_extra: String,
+    /// The fault-test component to load (default `build/plugins/fault-test.wasm`).
+    pub fault_test_file: Option<PathBuf>,
+    /// The signaling component to load (default `build/plugins/signaling.wasm`).
+    pub signaling_file: Option<PathBuf>,
+    /// Extra environment variables for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DaemonOptions {
@@ -124,6 +130,9 @@ impl Default for DaemonOptions {
             signaling_config: "invite_timeout_secs = 30".into(),
             signaling_limits: String::new(),
             auth_extra: String::new(),
+            fault_test_file: None,
+            signaling_file: None,
+            env: Vec::new(),
         }
     }
 }
@@ -134,6 +143,8 @@ pub struct Daemon {
     pub dir: tempdir::TempDir,
     pub config_path: PathBuf,
     pub addr: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     _pg: Option<PgDatabase>,
 }
@@ -169,6 +180,7 @@ impl Daemon {
         let dir = tempdir::TempDir::new("gatewayd-test");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let (url, pg) = match opts.db {
             Db::Sqlite => ("sqlite://gatewayd.db".to_string(), None),
             Db::Postgres => {
@@ -191,6 +203,9 @@ leeway_secs = 0
 [[auth.keys]]
 algorithm = "HS256"
 secret = "{TEST_SECRET}"
+
+[admin]
+address = "{admin_addr}"
 
 [listeners.main]
 address = "{addr}"
@@ -224,12 +239,14 @@ file = "{faults}"
 [plugins.fault-test.limits]
 event_timeout_ms = 100
 memory_mb = 16
+[plugins.fault-test.config]
+fail_init = false
 
 {extra}
 "#,
             state = dir.path().join("state").display(),
-            signaling = plugin_file("signaling").display(),
-            faults = plugin_file("fault-test").display(),
+            signaling = opts.signaling_file.clone().unwrap_or_else(|| plugin_file("signaling")).display(),
+            faults = opts.fault_test_file.clone().unwrap_or_else(|| plugin_file("fault-test")).display(),
             limits = opts.signaling_limits,
             sigconf = opts.signaling_config,
             extra = opts.extra_toml,
@@ -237,17 +254,19 @@ memory_mb = 16
         );
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config)?;
-        let mut daemon = Daemon { child: None, dir, config_path, addr, logs: Arc::default(), _pg: pg };
-        daemon.spawn()?;
+        let mut daemon = Daemon { child: None, dir, config_path, addr, admin_addr, logs: Arc::default(), _pg: pg };
+        daemon.spawn(&opts.env)?;
         daemon.wait_ready().await?;
         Ok(daemon)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    fn spawn(&mut self, env: &[(String, String)]) -> Result<()> {
         let mut child = Command::new(gatewayd_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -277,6 +296,11 @@ memory_mb = 16
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("gatewayd did not become ready in 15 s:\n{}", self.logs().join("\n"))
+    }
+
+    /// GET `path` on the admin listener; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.admin_addr, path).await
     }
 
     /// Everything the daemon logged so far.
@@ -331,6 +355,18 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// A plain HTTP GET; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path).header("host", addr.to_string()).body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A signed HS256 token for the test key with `claims` (add `exp` yourself, or use [`agent_token`]).

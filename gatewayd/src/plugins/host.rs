@@ -26,6 +26,7 @@ pub struct HostState {
     name: Arc<str>,
     services: Arc<Services>,
     store_access: StoreAccess,
+    config_json: Arc<str>,
     /// The session of the event being run.
     scope: Session,
 }
@@ -51,7 +52,12 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 impl HostState {
-    pub(super) fn new(plugin: &Arc<Plugin>, memory_mb: u64) -> HostState {
+    pub(super) fn new(
+        plugin: &Arc<Plugin>,
+        memory_mb: u64,
+        store_access: StoreAccess,
+        config_json: Arc<str>,
+    ) -> HostState {
         HostState {
             wasi: WasiCtx::builder().inherit_stderr().build(),
             table: ResourceTable::new(),
@@ -59,7 +65,8 @@ impl HostState {
             plugin: Arc::downgrade(plugin),
             name: plugin.name.clone(),
             services: plugin.services.clone(),
-            store_access: plugin.capabilities.store,
+            store_access,
+            config_json,
             scope: Session::default(),
         }
     }
@@ -259,7 +266,7 @@ fn to_wit(v: Value) -> SqlValue {
 
 impl config::Host for HostState {
     fn get(&mut self) -> String {
-        self.plugin.upgrade().map(|p| p.config_json.clone()).unwrap_or_else(|| "{}".into())
+        self.config_json.to_string()
     }
 }
 

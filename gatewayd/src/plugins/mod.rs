@@ -7,6 +7,11 @@
 //! next event gets a fresh one. Because session state lives in the host (property 1), any warm
 //! instance serves any session, and a new version can take over between two events (property 2).
 //!
+//! Hot reload (property 2): [`Runtime::reload`] builds a new [`Version`] off the hot path
+//! (compile on a blocking thread, link, run `init` on a fresh instance) and swaps it in
+//! atomically; events already running finish on the old version, the next event uses the new
+//! one. A version that fails any step is rejected and counted; the old one keeps serving.
+//!
 //! Ordering (property 4) is the caller's job: a connection runs its events one after another
 //! under its session lock (`server::websocket`), while different connections dispatch
 //! concurrently on all runtime threads.
@@ -14,6 +19,7 @@
 mod bindings;
 mod host;
 mod kv;
+pub mod stats;
 mod timers;
 
 use crate::bus::{Bus, ConnId, Outbound, SessionCell};
@@ -24,9 +30,11 @@ use bindings::Protocol;
 pub use bindings::exports::gatewayd::plugin::handler::{ConnectInfo, HttpRequest, HttpResponse};
 use host::HostState;
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store as WasmStore};
@@ -81,16 +89,42 @@ pub struct Session {
 pub struct Services {
     pub bus: Arc<Bus>,
     pub store: Option<Store>,
-    pub jwt: Arc<crate::auth::JwtVerifier>,
+    pub jwt: Arc<crate::auth::Keys>,
+    pub metrics: Arc<stats::Metrics>,
 }
 
-/// One compiled, linked and initialised version of a plugin.
+/// One compiled, linked and initialised version of a plugin: its component and everything
+/// from the config that a reload may change.
 struct Version {
     pre: bindings::ProtocolPre<HostState>,
     idle: Mutex<Vec<Warm>>,
     running: Semaphore,
     limits: PluginLimits,
+    capabilities: Capabilities,
+    /// The plugin's config table as JSON (`config.get`).
+    config_json: Arc<str>,
     deadline_ticks: u64,
+    /// Identity of this version: the component file and config it was built from.
+    info: VersionInfo,
+}
+
+/// What identifies and describes a loaded version (shown by `/metrics` and `gatewayd plugins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub file: PathBuf,
+    /// First 12 hex digits of the SHA-256 of the component file.
+    pub hash: String,
+    /// SHA-256 (12 hex digits) of the config table, limits and capabilities.
+    pub config_hash: String,
+    pub loaded_at: SystemTime,
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn config_hash(config: &PluginConfig) -> String {
+    short_hash(format!("{:?}|{:?}|{:?}", config.config, config.limits, config.capabilities).as_bytes())
 }
 
 struct Warm {
@@ -98,16 +132,15 @@ struct Warm {
     bindings: Protocol,
 }
 
-/// A named plugin: its current version plus the state that outlives versions (kv, timers).
+/// A named plugin: its current version plus what outlives versions (kv, timers, stats).
 pub struct Plugin {
     name: Arc<str>,
-    capabilities: Capabilities,
-    config_json: String,
     current: RwLock<Arc<Version>>,
     kv: kv::Kv,
     timers: timers::Timers,
     services: Arc<Services>,
     engine: Engine,
+    stats: stats::PluginStats,
 }
 
 /// All loaded plugins, sharing one engine and linker.
@@ -120,10 +153,7 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine and host linker, then load every configured plugin. Each plugin is
     /// compiled, linked and its `init` run on a fresh instance; any failure stops start-up.
-    pub async fn load(
-        configs: &std::collections::BTreeMap<String, PluginConfig>,
-        services: Arc<Services>,
-    ) -> anyhow::Result<Runtime> {
+    pub async fn load(configs: &BTreeMap<String, PluginConfig>, services: Arc<Services>) -> anyhow::Result<Runtime> {
         let mut cfg = wasmtime::Config::new();
         cfg.epoch_interruption(true).wasm_component_model(true);
         let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("wasmtime engine: {e}"))?;
@@ -132,40 +162,34 @@ impl Runtime {
         host::add_to_linker(&mut linker)?;
         let mut rt = Runtime { engine, linker, plugins: HashMap::new() };
         for (name, config) in configs {
-            let plugin = rt.load_plugin(name, config, services.clone()).await?;
+            let started = Instant::now();
+            let version = rt.build(name, config).await?;
+            let plugin = Arc::new(Plugin {
+                name: name.as_str().into(),
+                current: RwLock::new(Arc::new(version)),
+                kv: kv::Kv::default(),
+                timers: timers::Timers::default(),
+                services: services.clone(),
+                engine: rt.engine.clone(),
+                stats: stats::PluginStats::new(&services.metrics, name),
+            });
+            let version = plugin.current.read().clone();
+            plugin.init(&version).await.with_context(|| format!("plugin `{name}`: init failed"))?;
+            plugin.stats.loaded(started.elapsed(), &version.info, None);
+            tracing::info!(plugin = %name, file = %config.file.display(), version = %plugin.version().hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
             rt.plugins.insert(name.clone(), plugin);
         }
         Ok(rt)
     }
 
-    async fn load_plugin(
-        &self,
-        name: &str,
-        config: &PluginConfig,
-        services: Arc<Services>,
-    ) -> anyhow::Result<Arc<Plugin>> {
-        let started = Instant::now();
-        let config_json = serde_json::to_string(&config.config).context("plugin config to JSON")?;
-        let version = self.compile(name, config).await?;
-        let plugin = Arc::new(Plugin {
-            name: name.into(),
-            capabilities: config.capabilities.clone(),
-            config_json,
-            current: RwLock::new(Arc::new(version)),
-            kv: kv::Kv::default(),
-            timers: timers::Timers::default(),
-            services,
-            engine: self.engine.clone(),
-        });
-        plugin.init().await.with_context(|| format!("plugin `{name}`: init failed"))?;
-        tracing::info!(plugin = name, file = %config.file.display(), ms = started.elapsed().as_millis() as u64, "plugin loaded");
-        Ok(plugin)
-    }
-
-    async fn compile(&self, name: &str, config: &PluginConfig) -> anyhow::Result<Version> {
+    /// Compile and link a version of plugin `name` (not yet initialised).
+    async fn build(&self, name: &str, config: &PluginConfig) -> anyhow::Result<Version> {
+        let bytes = tokio::fs::read(&config.file)
+            .await
+            .map_err(|e| anyhow::anyhow!("plugin `{name}`: cannot read {}: {e}", config.file.display()))?;
+        let hash = short_hash(&bytes);
         let engine = self.engine.clone();
-        let file = config.file.clone();
-        let component = tokio::task::spawn_blocking(move || Component::from_file(&engine, &file))
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await?
             .map_err(|e| anyhow::anyhow!("plugin `{name}`: cannot compile {}: {e}", config.file.display()))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
@@ -173,12 +197,21 @@ impl Runtime {
         })?;
         let pre = bindings::ProtocolPre::new(pre).map_err(|e| anyhow::anyhow!("plugin `{name}`: {e}"))?;
         let ticks = config.limits.event_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
+        let config_json = serde_json::to_string(&config.config).context("plugin config to JSON")?;
         Ok(Version {
             pre,
             idle: Mutex::new(Vec::new()),
             running: Semaphore::new(config.limits.max_instances),
             limits: config.limits.clone(),
+            capabilities: config.capabilities.clone(),
+            config_json: config_json.into(),
             deadline_ticks: ticks,
+            info: VersionInfo {
+                file: config.file.clone(),
+                hash,
+                config_hash: config_hash(config),
+                loaded_at: SystemTime::now(),
+            },
         })
     }
 
@@ -186,6 +219,65 @@ impl Runtime {
     pub fn plugin(&self, name: &str) -> Option<&Arc<Plugin>> {
         self.plugins.get(name)
     }
+
+    /// All plugins, by name.
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+
+    /// Reload every plugin whose component file or config changed. Each is built and
+    /// initialised off the hot path, then swapped in; a failure leaves that plugin's current
+    /// version serving and is logged and counted. Plugins added to or removed from the config
+    /// need a restart (logged).
+    pub async fn reload(&self, configs: &BTreeMap<String, PluginConfig>) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        for name in configs.keys().filter(|n| !self.plugins.contains_key(*n)) {
+            tracing::warn!(plugin = %name, "new plugin in config: restart gatewayd to load it");
+        }
+        for (name, plugin) in &self.plugins {
+            let Some(config) = configs.get(name) else {
+                tracing::warn!(plugin = %name, "plugin removed from config: it keeps serving until restart");
+                continue;
+            };
+            match self.reload_plugin(plugin, config).await {
+                Ok(true) => report.reloaded.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    plugin.stats.reload_rejected();
+                    tracing::error!(plugin = %name, error = %format!("{e:#}"), "reload rejected; the current version keeps serving");
+                    report.failed.push((name.clone(), format!("{e:#}")));
+                }
+            }
+        }
+        report
+    }
+
+    async fn reload_plugin(&self, plugin: &Arc<Plugin>, config: &PluginConfig) -> anyhow::Result<bool> {
+        let current = plugin.version();
+        let bytes =
+            tokio::fs::read(&config.file).await.with_context(|| format!("reading {}", config.file.display()))?;
+        if short_hash(&bytes) == current.hash
+            && config_hash(config) == current.config_hash
+            && config.file == current.file
+        {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let version = Arc::new(self.build(&plugin.name, config).await?);
+        plugin.init(&version).await.context("init failed")?;
+        let old = std::mem::replace(&mut *plugin.current.write(), version.clone());
+        plugin.stats.loaded(started.elapsed(), &version.info, Some(&old.info));
+        tracing::info!(plugin = %plugin.name, from = %old.info.hash, to = %plugin.version().hash, ms = started.elapsed().as_millis() as u64, "plugin reloaded");
+        Ok(true)
+    }
+}
+
+/// What a [`Runtime::reload`] did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    pub reloaded: Vec<String>,
+    /// Plugin name and why its new version was rejected.
+    pub failed: Vec<(String, String)>,
 }
 
 fn start_epoch_ticker(engine: &Engine) {
@@ -207,9 +299,19 @@ impl Plugin {
         &self.name
     }
 
-    async fn init(self: &Arc<Self>) -> anyhow::Result<()> {
-        let version = self.current.read().clone();
-        let mut warm = self.instantiate(&version).await.map_err(|f| anyhow::anyhow!("{f}"))?;
+    /// The current version's description.
+    pub fn version(&self) -> VersionInfo {
+        self.current.read().info.clone()
+    }
+
+    /// Counters and timings of this plugin, across versions.
+    pub fn stats(&self) -> &stats::PluginStats {
+        &self.stats
+    }
+
+    /// Run `init` on a fresh instance of `version`; on success the instance joins its pool.
+    async fn init(self: &Arc<Self>, version: &Version) -> anyhow::Result<()> {
+        let mut warm = self.instantiate(version).await.map_err(|f| anyhow::anyhow!("{f}"))?;
         warm.store.set_epoch_deadline(version.deadline_ticks);
         let result = warm.bindings.gatewayd_plugin_handler().call_init(&mut warm.store).await;
         match result {
@@ -223,7 +325,8 @@ impl Plugin {
     }
 
     async fn instantiate(self: &Arc<Plugin>, version: &Version) -> Result<Warm, Fault> {
-        let state = HostState::new(self, version.limits.memory_mb);
+        let state =
+            HostState::new(self, version.limits.memory_mb, version.capabilities.store, version.config_json.clone());
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();
@@ -236,6 +339,17 @@ impl Plugin {
     /// Run one event. Returns the HTTP response for `Event::Http`, and always hands the
     /// session state back (updated by the plugin's `session.set` calls, if any).
     pub async fn dispatch(
+        self: &Arc<Self>,
+        event: Event,
+        session: Session,
+    ) -> (Result<Option<HttpResponse>, Fault>, Session) {
+        let started = Instant::now();
+        let (result, session) = self.dispatch_inner(event, session).await;
+        self.stats.record(started.elapsed(), result.as_ref().err());
+        (result, session)
+    }
+
+    async fn dispatch_inner(
         self: &Arc<Self>,
         event: Event,
         session: Session,

@@ -4,10 +4,11 @@
 //! every listener: `GET /healthz`. Errors the daemon answers itself are JSON:
 //! `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
 
+pub mod admin;
 mod http;
 pub mod websocket;
 
-use crate::auth::{JwtVerifier, TokenSource, extract_token};
+use crate::auth::{Keys, TokenSource, extract_token};
 use crate::bus::Bus;
 use crate::config::{AuthMode, Config, ListenerConfig, RouteKind};
 use crate::plugins::{Plugin, Runtime};
@@ -16,6 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use parking_lot::RwLock;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,11 +41,46 @@ impl Route {
 }
 
 /// What one listener needs to serve a request.
-struct Listener {
+pub struct Listener {
+    name: String,
     config: ListenerConfig,
-    routes: Vec<Route>,
-    jwt: Arc<JwtVerifier>,
+    /// Replaced as a whole on config reload; a request uses the table it started with.
+    routes: RwLock<Arc<Vec<Route>>>,
+    jwt: Arc<Keys>,
     bus: Arc<Bus>,
+}
+
+impl Listener {
+    /// Install the routes `config` gives this listener (on config reload).
+    pub fn update_routes(&self, config: &Config, runtime: &Runtime) {
+        *self.routes.write() = Arc::new(routes_for(&self.name, config, runtime));
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> {
+    config
+        .routes
+        .iter()
+        .filter(|r| r.listener == listener)
+        .filter_map(|r| {
+            let Some(plugin) = runtime.plugin(&r.plugin) else {
+                tracing::warn!(route = %r.path, plugin = %r.plugin, "route skipped: plugin not loaded (restart to load new plugins)");
+                return None;
+            };
+            Some(Route {
+                name: r.name.clone().unwrap_or_else(|| r.path.clone()),
+                path: r.path.clone(),
+                prefix: r.prefix,
+                kind: r.kind,
+                auth: r.auth,
+                plugin: plugin.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Bound listeners, ready to serve.
@@ -54,34 +91,31 @@ pub struct Server {
 impl Server {
     /// Bind every configured listener (so the caller can report readiness only once all
     /// accept connections) and resolve their routes.
-    pub async fn bind(
-        config: &Config,
-        runtime: &Runtime,
-        jwt: Arc<JwtVerifier>,
-        bus: Arc<Bus>,
-    ) -> anyhow::Result<Server> {
+    pub async fn bind(config: &Config, runtime: &Runtime, jwt: Arc<Keys>, bus: Arc<Bus>) -> anyhow::Result<Server> {
         let mut bound = Vec::new();
         for (name, l) in &config.listeners {
-            let routes = config
-                .routes
-                .iter()
-                .filter(|r| &r.listener == name)
-                .map(|r| Route {
-                    name: r.name.clone().unwrap_or_else(|| r.path.clone()),
-                    path: r.path.clone(),
-                    prefix: r.prefix,
-                    kind: r.kind,
-                    auth: r.auth,
-                    plugin: runtime.plugin(&r.plugin).expect("validated: route plugin exists").clone(),
-                })
-                .collect();
+            let routes = RwLock::new(Arc::new(routes_for(name, config, runtime)));
             let socket = TcpListener::bind(l.address)
                 .await
                 .map_err(|e| anyhow::anyhow!("listeners.{name}: cannot bind {}: {e}", l.address))?;
             tracing::info!(listener = %name, address = %socket.local_addr()?, "listening");
-            bound.push((socket, Arc::new(Listener { config: l.clone(), routes, jwt: jwt.clone(), bus: bus.clone() })));
+            bound.push((
+                socket,
+                Arc::new(Listener {
+                    name: name.clone(),
+                    config: l.clone(),
+                    routes,
+                    jwt: jwt.clone(),
+                    bus: bus.clone(),
+                }),
+            ));
         }
         Ok(Server { bound })
+    }
+
+    /// The listeners, for route updates on config reload.
+    pub fn listeners(&self) -> Vec<Arc<Listener>> {
+        self.bound.iter().map(|(_, l)| l.clone()).collect()
     }
 
     /// Local addresses of the bound listeners, in config order.
@@ -155,7 +189,8 @@ async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Liste
             .body(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}")))
             .expect("static response parts are valid");
     }
-    let Some(route) = listener.routes.iter().find(|r| r.matches(&path)) else {
+    let routes = listener.routes.read().clone();
+    let Some(route) = routes.iter().find(|r| r.matches(&path)) else {
         return json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"));
     };
     let mut query: Vec<(String, String)> =

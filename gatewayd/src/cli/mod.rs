@@ -1,5 +1,7 @@
 //! The command line: run the daemon, check a config, migrate, manage tenants.
 
+mod plugins;
+
 use crate::config::Config;
 use crate::store::tenants;
 use anyhow::Context;
@@ -25,6 +27,9 @@ enum Command {
     Check,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Show the running daemon's plugins (version, events, faults, p50/p99, reloads), read from
+    /// its admin listener's /metrics.
+    Plugins,
     /// Manage businesses, departments, agents and memberships.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -104,10 +109,16 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => crate::daemon::run(config).await,
+            Command::Run => crate::daemon::run(config, &cli.config).await,
             Command::Check => check(&config),
             Command::Migrate => crate::daemon::open_store(&config).await.map(|_| println!("migrations applied")),
             Command::Tenant(cmd) => tenant(&config, cmd).await,
+            Command::Plugins => match &config.admin {
+                Some(admin) => plugins::run(admin.address).await,
+                None => {
+                    Err(anyhow::anyhow!("admin: no [admin] address in the config; gatewayd plugins reads its /metrics"))
+                }
+            },
         }
     });
     match result {
