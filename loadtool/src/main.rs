@@ -5,11 +5,13 @@
 //! - `invites`: open-loop invite load over many agent/guest pairs, reporting the achieved rate
 //!   and invite -> ring latency percentiles;
 //! - `idle`: hold many idle connections and report the daemon's resident memory per connection;
-//! - `dispatch`: the cost of one plugin event inside the runtime, without the network.
+//! - `dispatch`: the cost of one plugin event inside the runtime, without the network;
+//! - `reload-latency`, `reload-dispatch`: hot reload as clients and as the runtime see it.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
 mod dispatch;
+mod reload;
 mod report;
 mod signaling;
 
@@ -42,6 +44,10 @@ enum Command {
     Idle(signaling::IdleArgs),
     /// Plugin dispatch cost per event, measured inside the runtime.
     Dispatch(dispatch::DispatchArgs),
+    /// Hot reload: time from replacing a plugin file to the first event the new build serves.
+    ReloadLatency(reload::LatencyArgs),
+    /// Dispatch cost before, during and after a reload, measured inside the runtime.
+    ReloadDispatch(reload::DispatchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +65,8 @@ fn main() -> anyhow::Result<()> {
             Command::Invites(a) => signaling::invites(a).await,
             Command::Idle(a) => signaling::idle(a).await,
             Command::Dispatch(a) => dispatch::run(a).await,
+            Command::ReloadLatency(a) => reload::latency(a).await,
+            Command::ReloadDispatch(a) => reload::dispatch(a).await,
         }
     })
 }
