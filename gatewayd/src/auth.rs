@@ -55,10 +55,14 @@ struct Key {
     validation: Validation,
 }
 
-/// Verifies tokens against the configured keys.
+/// Verifies tokens against the configured keys (and signs plugin-issued ones, see
+/// [`JwtVerifier::issue`]).
 pub struct JwtVerifier {
     keys: Vec<Key>,
+    signer: Option<crate::auth_signing::Signer>,
 }
+
+pub use crate::auth_signing::check_signing_config;
 
 /// Check one key's configuration without loading secrets from the environment.
 pub fn check_key_config(k: &JwtKeyConfig) -> Result<(), String> {
@@ -120,7 +124,16 @@ impl JwtVerifier {
             validation.set_required_spec_claims(&required);
             keys.push(Key { algorithm, kid: k.kid.clone(), key, validation });
         }
-        Ok(JwtVerifier { keys })
+        let signer = config.signing.as_ref().map(|k| crate::auth_signing::Signer::new(k, config)).transpose()?;
+        Ok(JwtVerifier { keys, signer })
+    }
+
+    /// Sign `claims` with `[auth.signing]` for `ttl_secs` seconds (see `auth_signing`).
+    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32) -> Result<String, String> {
+        match &self.signer {
+            Some(s) => s.issue(claims, ttl_secs),
+            None => Err("signing_disabled: no [auth.signing] key is configured".into()),
+        }
     }
 
     /// Verify `token` and return its claims.
@@ -225,6 +238,7 @@ mod tests {
             issuer: None,
             audience: audience.map(str::to_string),
             leeway_secs: 5,
+            signing: None,
         })
         .unwrap()
     }

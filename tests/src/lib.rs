@@ -307,6 +307,13 @@ memory_mb = 16
         Ok(child.wait()?)
     }
 
+    /// Start the daemon again on the same config, state and port (after [`Daemon::stop`]).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.logs.lock().unwrap().clear();
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
     /// Is the process still alive?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

@@ -80,6 +80,11 @@ impl HostState {
         std::mem::take(&mut self.scope)
     }
 
+    /// The plugin this instance belongs to (for host interfaces in sibling modules).
+    pub(super) fn plugin(&self) -> Option<Arc<Plugin>> {
+        self.plugin.upgrade()
+    }
+
     /// True when `id` is a connection of this plugin; plugins cannot touch other plugins'
     /// connections.
     fn owns(&self, id: ConnId) -> bool {
@@ -264,6 +269,13 @@ impl auth::Host for HostState {
         match self.services.jwt.verify(&token) {
             Ok(claims) => Ok(serde_json::Value::Object(claims).to_string()),
             Err(e) => Err(format!("{}: {e}", e.code())),
+        }
+    }
+
+    fn issue(&mut self, claims: String, ttl_secs: u32) -> Result<String, String> {
+        match serde_json::from_str(&claims) {
+            Ok(serde_json::Value::Object(claims)) => self.services.jwt.issue(claims, ttl_secs),
+            _ => Err("bad_claims: claims must be a JSON object".into()),
         }
     }
 }

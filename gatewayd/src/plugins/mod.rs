@@ -13,6 +13,7 @@
 
 mod bindings;
 mod host;
+mod host_files;
 mod kv;
 mod timers;
 
