@@ -30,6 +30,7 @@ check: build
 test: build
 	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat
 	$(CARGO) test --release -p gatewayd-signaling --lib
+	$(CARGO) test --release -p gatewayd-chat --lib
 
 lint:
 	$(CARGO) fmt --all --check
@@ -37,3 +38,4 @@ lint:
 
 bench: build
 	./bench/signaling.sh
+	./bench/chat.sh

@@ -342,7 +342,8 @@ impl Config {
                 .map_err(|message| ConfigError { path: format!("auth.keys[{i}]"), message })?;
         }
         if let Some(k) = &self.auth.signing {
-            crate::auth::check_signing_config(k).map_err(|message| ConfigError { path: "auth.signing".into(), message })?;
+            crate::auth::check_signing_config(k)
+                .map_err(|message| ConfigError { path: "auth.signing".into(), message })?;
         }
         for (name, p) in &self.plugins {
             if p.capabilities.files.as_ref().is_some_and(|f| f.max_bytes == 0) {

@@ -5,10 +5,12 @@
 //! - `invites`: open-loop invite load over many agent/guest pairs, reporting the achieved rate
 //!   and invite -> ring latency percentiles;
 //! - `idle`: hold many idle connections and report the daemon's resident memory per connection;
-//! - `dispatch`: the cost of one plugin event inside the runtime, without the network.
+//! - `dispatch`: the cost of one plugin event inside the runtime, without the network;
+//! - `chat`: chat fan-out with persistence over many visitor/agent sessions.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
+mod chat;
 mod dispatch;
 mod report;
 mod signaling;
@@ -42,6 +44,8 @@ enum Command {
     Idle(signaling::IdleArgs),
     /// Plugin dispatch cost per event, measured inside the runtime.
     Dispatch(dispatch::DispatchArgs),
+    /// Chat fan-out: `sessions` visitor/agent sessions, `rate` stored-and-broadcast messages/s.
+    Chat(chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::Invites(a) => signaling::invites(a).await,
             Command::Idle(a) => signaling::idle(a).await,
             Command::Dispatch(a) => dispatch::run(a).await,
+            Command::Chat(a) => chat::run(a).await,
         }
     })
 }

@@ -97,7 +97,8 @@ struct Response {
 
 impl Response {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -240,8 +241,12 @@ async fn spec_flow(db: Db) {
     }
 
     // File: upload over HTTP, then send its URL on the socket.
-    let r = upload(&d, Some(&vt), &[("file", Some("example.png"), PNG, Some("image/png")), ("message", None, b"null", None)])
-        .await;
+    let r = upload(
+        &d,
+        Some(&vt),
+        &[("file", Some("example.png"), PNG, Some("image/png")), ("message", None, b"null", None)],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let up = r.json();
     assert_eq!(up["message"], "File uploaded successfully");
@@ -356,7 +361,8 @@ async fn one_active_session(db: Db) {
     assert_ne!(gv1, gv3);
     // Concurrent starts still yield one session.
     let starts = (0..8).map(|_| start(&d, json!({"business": B1, "external_customer_id": "cust-race"}), None));
-    let ids: std::collections::BTreeSet<String> = futures_util::future::join_all(starts).await.into_iter().map(|(s, _, _)| s).collect();
+    let ids: std::collections::BTreeSet<String> =
+        futures_util::future::join_all(starts).await.into_iter().map(|(s, _, _)| s).collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     // Once ended (the visitor leaves), a start opens a new session for the same guest.
     let r = post_json(&d, &format!("/chat/end-session/{g1}/"), Some(&gt1), &json!({})).await;
@@ -388,12 +394,14 @@ async fn upload_limits(db: Db) {
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "file_too_large");
     // Spoofed content types: the header and name say PNG, the bytes are HTML.
-    let r = upload(&d, Some(&vt), &[("file", Some("x.png"), b"<html><script>alert(1)</script></html>", Some("image/png"))])
-        .await;
+    let r =
+        upload(&d, Some(&vt), &[("file", Some("x.png"), b"<html><script>alert(1)</script></html>", Some("image/png"))])
+            .await;
     assert_eq!(r.status, 415);
     assert_eq!(r.json()["error"], "unsupported_file_type");
     // Recognised but not allowed (a ZIP claiming to be a PDF).
-    let r = upload(&d, Some(&vt), &[("file", Some("x.pdf"), b"PK\x03\x04\x14\0\0\0\0\0rest", Some("application/pdf"))]).await;
+    let r = upload(&d, Some(&vt), &[("file", Some("x.pdf"), b"PK\x03\x04\x14\0\0\0\0\0rest", Some("application/pdf"))])
+        .await;
     assert_eq!(r.status, 415);
     // A PDF sent as image/png is stored and served as a PDF.
     let r = upload(&d, Some(&vt), &[("file", Some("doc.png"), PDF, Some("image/png"))]).await;
@@ -413,24 +421,42 @@ async fn upload_limits(db: Db) {
     // Nothing escaped the media directory.
     assert!(!d.dir.path().join("etc").exists());
     // Identity fields must name the caller.
-    let r = upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None), ("uploaded_by_end_user", None, b"someone-else", None)])
-        .await;
+    let r = upload(
+        &d,
+        Some(&vt),
+        &[("file", Some("a.png"), PNG, None), ("uploaded_by_end_user", None, b"someone-else", None)],
+    )
+    .await;
     assert_eq!(r.status, 403);
-    let r = upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None), ("uploaded_by_end_user", None, visitor_id.as_bytes(), None)])
-        .await;
+    let r = upload(
+        &d,
+        Some(&vt),
+        &[("file", Some("a.png"), PNG, None), ("uploaded_by_end_user", None, visitor_id.as_bytes(), None)],
+    )
+    .await;
     assert_eq!(r.status, 200);
     // Agents name the session; unknown related messages are refused; no token is 401.
     let at = agent_token(json!(820));
     let r = upload(&d, Some(&at), &[("file", Some("a.png"), PNG, None)]).await;
     assert_eq!(r.status, 400);
-    let r = upload(&d, Some(&at), &[("file", Some("a.png"), PNG, None), ("session_id", None, sid.as_bytes(), None), ("uploaded_by_agent", None, A1.as_bytes(), None)]).await;
+    let r = upload(
+        &d,
+        Some(&at),
+        &[
+            ("file", Some("a.png"), PNG, None),
+            ("session_id", None, sid.as_bytes(), None),
+            ("uploaded_by_agent", None, A1.as_bytes(), None),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let r = upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None), ("message", None, b"999999", None)]).await;
     assert_eq!(r.status, 400);
     assert_eq!(upload(&d, None, &[("file", Some("a.png"), PNG, None)]).await.status, 401);
-    let r = request(&d, "POST", "/chat/upload-file/", &[bearer(&vt), ("content-type", "text/plain".into())], b"x".to_vec())
-        .await
-        .unwrap();
+    let r =
+        request(&d, "POST", "/chat/upload-file/", &[bearer(&vt), ("content-type", "text/plain".into())], b"x".to_vec())
+            .await
+            .unwrap();
     assert_eq!(r.status, 400);
 }
 
@@ -443,7 +469,8 @@ async fn other_business_refused(db: Db) {
     for t in [agent_token(json!(821)), other_vt.clone()] {
         assert_eq!(get(&d, &format!("/chat/history/{sid}/"), Some(&t)).await.status, 403);
         assert_eq!(get(&d, &path, Some(&t)).await.status, 403);
-        let r = upload(&d, Some(&t), &[("file", Some("a.png"), PNG, None), ("session_id", None, sid.as_bytes(), None)]).await;
+        let r = upload(&d, Some(&t), &[("file", Some("a.png"), PNG, None), ("session_id", None, sid.as_bytes(), None)])
+            .await;
         assert_eq!(r.status, 403);
         assert_eq!(post_json(&d, &format!("/chat/end-session/{sid}/"), Some(&t), &json!({})).await.status, 403);
         let mut c = connect(&d, &format!("?session_id={sid}"), Some(&t)).await.unwrap();
@@ -535,7 +562,8 @@ async fn no_loss_across_sigterm(db: Db) {
     assert!(status.success(), "{status}");
     d.restart().await.unwrap();
     let h = get(&d, &format!("/chat/history/{sid}/"), Some(&at)).await.json();
-    let stored: Vec<String> = h["data"].as_array().unwrap().iter().map(|e| e["data"]["content"].as_str().unwrap().to_string()).collect();
+    let stored: Vec<String> =
+        h["data"].as_array().unwrap().iter().map(|e| e["data"]["content"].as_str().unwrap().to_string()).collect();
     assert_eq!(stored, acked, "every acknowledged message is in the history, in order");
     // And the session carries on after the restart.
     let mut v = join(&d, &sid, &vt).await;

@@ -51,7 +51,8 @@ impl files::Host for HostState {
         if data.len() as u64 > cap.max_bytes {
             return Err(format!("too_large: the file exceeds {} bytes", cap.max_bytes));
         }
-        let (mime, ext) = sniff(&data).ok_or_else(|| "unknown_type: the file's content is not recognised".to_string())?;
+        let (mime, ext) =
+            sniff(&data).ok_or_else(|| "unknown_type: the file's content is not recognised".to_string())?;
         if !cap.allowed_types.is_empty() && !cap.allowed_types.iter().any(|t| t == mime) {
             return Err(format!("type_not_allowed: {mime} files are not accepted"));
         }
@@ -103,6 +104,7 @@ mod tests {
     #[test]
     fn type_comes_from_content() {
         assert_eq!(super::sniff(b"%PDF-1.7\n...").map(|t| t.0), Some("application/pdf"));
-        assert_eq!(super::sniff(b"<html>not a pdf</html>"), None);
+        assert_eq!(super::sniff(b"plain words, no magic bytes"), None);
+        assert_eq!(super::sniff(b"<html><script>x</script></html>").map(|t| t.0), Some("text/html"));
     }
 }

@@ -50,8 +50,10 @@ pub fn business_exists(id: &str) -> Result<bool, String> {
 }
 
 pub fn department_in_business(department: &str, business: &str) -> Result<bool, String> {
-    let rows =
-        store::query("SELECT 1 FROM departments WHERE id = $1 AND business_id = $2", &[text(department), text(business)])?;
+    let rows = store::query(
+        "SELECT 1 FROM departments WHERE id = $1 AND business_id = $2",
+        &[text(department), text(business)],
+    )?;
     Ok(!rows.is_empty())
 }
 
@@ -194,9 +196,7 @@ pub fn append(e: &Entry) -> Result<Option<i64>, String> {
 /// Up to `limit` entries of a session with `seq > after`, in order.
 pub fn timeline(session_id: &str, after: i64, limit: u32) -> Result<Vec<Entry>, String> {
     let rows = store::query(
-        &format!(
-            "SELECT {ENTRY_COLUMNS} FROM chat_timeline WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        ),
+        &format!("SELECT {ENTRY_COLUMNS} FROM chat_timeline WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
         &[text(session_id), SqlValue::Integer(after), SqlValue::Integer(i64::from(limit))],
     )?;
     Ok(rows.iter().map(|r| entry_from(r)).collect())

@@ -44,7 +44,8 @@ fn settings() -> Result<Settings, HttpResponse> {
 
 /// The authenticated caller: 401 without a token, 403 when it names nobody we know.
 fn caller(req: &HttpRequest) -> Result<Caller, HttpResponse> {
-    let claims = req.claims.as_deref().ok_or_else(|| error(401, "token_missing", "a visitor or agent token is required"))?;
+    let claims =
+        req.claims.as_deref().ok_or_else(|| error(401, "token_missing", "a visitor or agent token is required"))?;
     Caller::from_claims(claims).map_err(|d| error(403, "forbidden", &d.0))
 }
 
@@ -81,7 +82,11 @@ fn start_session(req: &HttpRequest) -> Reply {
     let department = body.department.as_deref().map(str::trim).filter(|d| !d.is_empty());
     let external = body.external_customer_id.as_deref().map(str::trim).filter(|d| !d.is_empty());
     if business.is_empty() || external.is_some_and(|e| e.len() > 255) {
-        return Err(error(400, "invalid_request", "`business` is required; `external_customer_id` is at most 255 bytes"));
+        return Err(error(
+            400,
+            "invalid_request",
+            "`business` is required; `external_customer_id` is at most 255 bytes",
+        ));
     }
     if !db::business_exists(business).map_err(internal)? {
         return Err(error(404, "business_not_found", &format!("no business {business}")));
@@ -294,7 +299,8 @@ fn media(req: &HttpRequest, name: &str) -> Reply {
     let not_found = || error(404, "file_not_found", "no such file");
     let attachment = db::attachment(name).map_err(internal)?.ok_or_else(not_found)?;
     accessible_session(&caller, &attachment.session_id)?;
-    let (stored, data) = files::get(name).map_err(|e| if e.starts_with("not_found") { not_found() } else { internal(e) })?;
+    let (stored, data) =
+        files::get(name).map_err(|e| if e.starts_with("not_found") { not_found() } else { internal(e) })?;
     let inline = ["image/", "audio/", "video/"].iter().any(|p| stored.content_type.starts_with(p));
     Ok(HttpResponse {
         status: 200,

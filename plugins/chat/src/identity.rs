@@ -23,7 +23,8 @@ pub struct Denied(pub String);
 impl Caller {
     /// Resolve the caller from verified JWT claims (JSON object text).
     pub fn from_claims(claims: &str) -> Result<Caller, Denied> {
-        let claims: Value = serde_json::from_str(claims).map_err(|_| Denied("token claims are not an object".into()))?;
+        let claims: Value =
+            serde_json::from_str(claims).map_err(|_| Denied("token claims are not an object".into()))?;
         if let Some(visitor_id) = claims.get(VISITOR_CLAIM).and_then(Value::as_str) {
             let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_string);
             return match (text(SESSION_CLAIM), text("business_id")) {

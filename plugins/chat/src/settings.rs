@@ -44,7 +44,9 @@ impl Settings {
             return Err("chat config: public_base_url must start with http:// or https://".into());
         }
         if s.visitor_token_ttl_secs == 0 || s.max_message_chars == 0 || s.history_page_size == 0 {
-            return Err("chat config: visitor_token_ttl_secs, max_message_chars and history_page_size must be > 0".into());
+            return Err(
+                "chat config: visitor_token_ttl_secs, max_message_chars and history_page_size must be > 0".into()
+            );
         }
         if s.rate_per_sec <= 0.0 || s.rate_burst < 1.0 {
             return Err("chat config: rate_per_sec must be > 0 and rate_burst >= 1".into());

@@ -90,8 +90,14 @@ pub fn open(info: ConnectInfo) {
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
-    Text { content: String },
-    File { file: String, #[serde(default)] is_audio: bool },
+    Text {
+        content: String,
+    },
+    File {
+        file: String,
+        #[serde(default)]
+        is_audio: bool,
+    },
     EndSession,
 }
 
@@ -123,7 +129,10 @@ pub fn text(id: ConnectionId, text: &str) {
         ClientMessage::File { file, is_audio } => send_file(id, &state, file, is_audio),
         ClientMessage::EndSession => match crate::end_session(&state.session_id, &state.sender_id) {
             Ok(true) => Ok(()),
-            Ok(false) => Ok(refuse_ended(id)),
+            Ok(false) => {
+                refuse_ended(id);
+                Ok(())
+            }
             Err(e) => Err(e),
         },
     };
@@ -157,17 +166,19 @@ fn send_text(id: ConnectionId, state: &ConnState, settings: &Settings, content: 
         return Ok(());
     }
     let timestamp = now_rfc3339();
-    let entry = Entry {
-        message_type: Some("text".into()),
-        content: Some(content.clone()),
-        ..message_entry(state, &timestamp)
-    };
-    store_then_broadcast(id, state, &entry, json!({
-        "type": "text",
-        "content": content,
-        "sender_id": state.sender_id,
-        "timestamp": timestamp,
-    }))
+    let entry =
+        Entry { message_type: Some("text".into()), content: Some(content.clone()), ..message_entry(state, &timestamp) };
+    store_then_broadcast(
+        id,
+        state,
+        &entry,
+        json!({
+            "type": "text",
+            "content": content,
+            "sender_id": state.sender_id,
+            "timestamp": timestamp,
+        }),
+    )
 }
 
 fn send_file(id: ConnectionId, state: &ConnState, file: String, is_audio: bool) -> Result<(), String> {
@@ -190,14 +201,19 @@ fn send_file(id: ConnectionId, state: &ConnState, file: String, is_audio: bool) 
         is_audio,
         ..message_entry(state, &timestamp)
     };
-    store_then_broadcast(id, state, &entry, json!({
-        "type": "file",
-        "file": file,
-        "file_name": file_name,
-        "is_audio": is_audio,
-        "sender_id": state.sender_id,
-        "timestamp": timestamp,
-    }))
+    store_then_broadcast(
+        id,
+        state,
+        &entry,
+        json!({
+            "type": "file",
+            "file": file,
+            "file_name": file_name,
+            "is_audio": is_audio,
+            "sender_id": state.sender_id,
+            "timestamp": timestamp,
+        }),
+    )
 }
 
 fn message_entry(state: &ConnState, timestamp: &str) -> Entry {

@@ -33,7 +33,8 @@ fn run_ready<F: Future>(future: F) -> F::Output {
 /// Parse the form. Err: a client-facing reason (bad content type, malformed body, a field
 /// given twice).
 pub fn parse(content_type: &str, body: Vec<u8>) -> Result<UploadForm, String> {
-    let boundary = multer::parse_boundary(content_type).map_err(|e| format!("Content-Type must be multipart/form-data: {e}"))?;
+    let boundary =
+        multer::parse_boundary(content_type).map_err(|e| format!("Content-Type must be multipart/form-data: {e}"))?;
     let stream = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(Bytes::from(body)) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     run_ready(async move {
