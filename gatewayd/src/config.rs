@@ -259,6 +259,8 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute, so derived paths (e.g. the SQLite URL) never start with `..` or a bare name.
+        let base = std::path::absolute(&base).unwrap_or(base);
         Config::parse(&text, &base).map_err(|mut e| {
             e.path = format!("{}: {}", path.display(), e.path);
             e
