@@ -545,11 +545,18 @@ async fn message_limits(db: Db) {
 }
 
 async fn no_loss_across_sigterm(db: Db) {
-    let mut d = world(db).await;
+    let mut d = world_with(db, 65_536, "rate_burst = 50.0").await;
     let (sid, _, vt) = start(&d, json!({"business": B1}), None).await;
     let at = agent_token(json!(820));
     let mut v = join(&d, &sid, &vt).await;
     let mut a = join(&d, &sid, &at).await;
+    // An attachment and a file message first, so the restart covers every timeline kind.
+    let r = upload(&d, Some(&vt), &[("file", Some("before.pdf"), PDF, None)]).await;
+    let url = r.json()["data"]["file"].as_str().unwrap().to_string();
+    v.send_json(&json!({"type": "file", "file": url, "is_audio": true})).await.unwrap();
+    for c in [&mut v, &mut a] {
+        assert_eq!(c.recv_json().await.unwrap()["type"], "file");
+    }
     let mut acked = Vec::new();
     for i in 0..20 {
         v.send_json(&json!({"type": "text", "content": format!("n{i}")})).await.unwrap();
@@ -562,8 +569,10 @@ async fn no_loss_across_sigterm(db: Db) {
     assert!(status.success(), "{status}");
     d.restart().await.unwrap();
     let h = get(&d, &format!("/chat/history/{sid}/"), Some(&at)).await.json();
+    assert_eq!(history_types(&h)[..2], ["attachment", "message:file"]);
+    assert_eq!(h["data"][1]["data"]["is_audio"], true);
     let stored: Vec<String> =
-        h["data"].as_array().unwrap().iter().map(|e| e["data"]["content"].as_str().unwrap().to_string()).collect();
+        h["data"].as_array().unwrap()[2..].iter().map(|e| e["data"]["content"].as_str().unwrap().to_string()).collect();
     assert_eq!(stored, acked, "every acknowledged message is in the history, in order");
     // And the session carries on after the restart.
     let mut v = join(&d, &sid, &vt).await;
