@@ -382,6 +382,8 @@ async fn one_active_session(db: Db) {
         assert!(r.json()["error"].is_string());
     }
     assert_eq!(get(&d, "/chat/start-session/", None).await.status, 405);
+    assert_eq!(post_json(&d, "/chat/start-session", None, &json!({"business": B1})).await.status, 404);
+    assert_eq!(get(&d, "/chat/nothing-here/", None).await.status, 404);
 }
 
 async fn upload_limits(db: Db) {

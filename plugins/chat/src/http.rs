@@ -24,11 +24,17 @@ fn internal(e: impl std::fmt::Display) -> HttpResponse {
 pub fn handle(req: HttpRequest) -> HttpResponse {
     let path = req.path.clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // The spec's paths end with `/`; media URLs (generated names) do not.
+    let slash = path.ends_with('/');
     let result = match (req.method.as_str(), segments.as_slice()) {
+        (_, ["chat", "media", _]) if slash => Err(error(404, "not_found", &format!("no endpoint {path}"))),
+        (_, ["chat", ..]) if !slash && segments.get(1) != Some(&"media") => {
+            Err(error(404, "not_found", &format!("no endpoint {path} (paths end with /)")))
+        }
         ("POST", ["chat", "start-session"]) => start_session(&req),
         ("POST", ["chat", "upload-file"]) => upload_file(req),
-        ("GET", ["chat", "history", session_id]) if path.ends_with('/') => history(&req, session_id),
-        ("POST", ["chat", "end-session", session_id]) if path.ends_with('/') => end_session(&req, session_id),
+        ("GET", ["chat", "history", session_id]) => history(&req, session_id),
+        ("POST", ["chat", "end-session", session_id]) => end_session(&req, session_id),
         ("GET", ["chat", "media", name]) => media(&req, name),
         (_, ["chat", "start-session" | "upload-file"] | ["chat", "history" | "end-session" | "media", _]) => {
             Err(error(405, "method_not_allowed", &format!("{} is not allowed on {path}", req.method)))
