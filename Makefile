@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test
+PLUGINS := signaling fault-test chat
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
@@ -31,8 +31,9 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build
-	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test
+	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat
 	$(CARGO) test --release -p gatewayd-signaling --lib
+	$(CARGO) test --release -p gatewayd-chat --lib
 
 lint:
 	$(CARGO) fmt --all --check
@@ -40,3 +41,5 @@ lint:
 
 bench: build
 	./loadtool/scripts/signaling.sh
+	./loadtool/scripts/chat.sh
+	./loadtool/scripts/reload.sh

@@ -61,9 +61,11 @@ struct Key {
     retire_at: Option<std::time::Instant>,
 }
 
-/// Verifies tokens against the configured keys.
+/// Verifies tokens against the configured keys (and signs plugin-issued ones, see
+/// [`JwtVerifier::issue`]).
 pub struct JwtVerifier {
     keys: Vec<Key>,
+    signer: Option<crate::auth_signing::Signer>,
 }
 
 /// The verifier in use, replaceable on config reload (key rotation).
@@ -78,6 +80,12 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         let verifier = self.0.read().clone();
         verifier.verify(token)
+    }
+
+    /// Sign plugin-issued claims with `[auth.signing]` (see [`JwtVerifier::issue`]).
+    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32) -> Result<String, String> {
+        let verifier = self.0.read().clone();
+        verifier.issue(claims, ttl_secs)
     }
 
     /// Switch to the keys of `config`. Keys the new config no longer lists stay accepted for
@@ -100,6 +108,7 @@ impl Keys {
         Ok(())
     }
 }
+pub use crate::auth_signing::check_signing_config;
 
 /// Check one key's configuration without loading secrets from the environment.
 pub fn check_key_config(k: &JwtKeyConfig) -> Result<(), String> {
@@ -168,7 +177,16 @@ impl JwtVerifier {
             validation.set_required_spec_claims(&required);
             keys.push(Key { id, algorithm, kid: k.kid.clone(), key, validation, retire_at: None });
         }
-        Ok(JwtVerifier { keys })
+        let signer = config.signing.as_ref().map(|k| crate::auth_signing::Signer::new(k, config)).transpose()?;
+        Ok(JwtVerifier { keys, signer })
+    }
+
+    /// Sign `claims` with `[auth.signing]` for `ttl_secs` seconds (see `auth_signing`).
+    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32) -> Result<String, String> {
+        match &self.signer {
+            Some(s) => s.issue(claims, ttl_secs),
+            None => Err("signing_disabled: no [auth.signing] key is configured".into()),
+        }
     }
 
     /// Verify `token` and return its claims.
@@ -278,6 +296,7 @@ mod tests {
             audience: audience.map(str::to_string),
             leeway_secs: 5,
             rotation_overlap_secs: 0,
+            signing: None,
         })
         .unwrap()
     }

@@ -236,6 +236,15 @@ impl Bus {
         ids.into_iter().filter(|id| self.send(*id, Outbound::Text(text.clone()))).count() as u32
     }
 
+    /// Queue a close frame to every connection bound to `address`; returns how many took it.
+    pub fn close_to(&self, plugin: &str, address: &str, code: u16, reason: &str) -> u32 {
+        let ids: Vec<ConnId> = match self.addresses.get(&address_key(plugin, address)) {
+            Some(ids) => ids.clone(),
+            None => return 0,
+        };
+        ids.into_iter().filter(|id| self.send(*id, Outbound::Close(code, reason.to_string()))).count() as u32
+    }
+
     /// The session cell of connection `id`, while it is live.
     pub fn session(&self, id: ConnId) -> Option<Arc<SessionCell>> {
         self.conns.get(&id).map(|e| e.session.clone())

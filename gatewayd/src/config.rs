@@ -88,11 +88,22 @@ pub struct AuthConfig {
     /// On a config reload, keys removed from `keys` stay accepted this many seconds (key
     /// rotation: add the new key, reload, later remove the old one, reload).
     pub rotation_overlap_secs: u64,
+    /// Key the daemon signs tokens with for plugins (`auth.issue`, e.g. chat visitor tokens):
+    /// HS256/HS384/HS512 with `secret` or `secret_env`. Issued tokens must verify, so the same
+    /// secret must also be one of `keys`. Absent: plugins cannot issue tokens.
+    pub signing: Option<JwtKeyConfig>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { keys: Vec::new(), issuer: None, audience: None, leeway_secs: 30, rotation_overlap_secs: 3600 }
+        AuthConfig {
+            keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            rotation_overlap_secs: 3600,
+            signing: None,
+        }
     }
 }
 
@@ -221,6 +232,27 @@ impl Default for PluginLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct Capabilities {
     pub store: StoreAccess,
+    /// The `files` interface: a media directory the daemon stores the plugin's files in.
+    pub files: Option<FilesCapability>,
+}
+
+/// `[plugins.<name>.capabilities.files]`: where and what the daemon stores for a plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesCapability {
+    /// Media directory (created if missing; relative paths resolve against the config file).
+    pub dir: PathBuf,
+    /// Largest file accepted by `files.put`, in bytes.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_bytes: u64,
+    /// MIME types `files.put` accepts, as detected from the content (e.g. `image/png`).
+    /// Empty: every type the sniffer recognises.
+    #[serde(default)]
+    pub allowed_types: Vec<String>,
+}
+
+fn default_max_file_bytes() -> u64 {
+    5 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -247,6 +279,8 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute, so derived paths (e.g. the SQLite URL) never start with `..` or a bare name.
+        let base = std::path::absolute(&base).unwrap_or(base);
         Config::parse(&text, &base).map_err(|mut e| {
             e.path = format!("{}: {}", path.display(), e.path);
             e
@@ -269,6 +303,9 @@ impl Config {
         self.daemon.state_dir = abs(&self.daemon.state_dir);
         for p in self.plugins.values_mut() {
             p.file = abs(&p.file);
+            if let Some(f) = &mut p.capabilities.files {
+                f.dir = abs(&f.dir);
+            }
         }
         for k in &mut self.auth.keys {
             if let Some(f) = &k.public_key_file {
@@ -325,6 +362,15 @@ impl Config {
         for (i, k) in self.auth.keys.iter().enumerate() {
             crate::auth::check_key_config(k)
                 .map_err(|message| ConfigError { path: format!("auth.keys[{i}]"), message })?;
+        }
+        if let Some(k) = &self.auth.signing {
+            crate::auth::check_signing_config(k)
+                .map_err(|message| ConfigError { path: "auth.signing".into(), message })?;
+        }
+        for (name, p) in &self.plugins {
+            if p.capabilities.files.as_ref().is_some_and(|f| f.max_bytes == 0) {
+                return err(format!("plugins.{name}.capabilities.files.max_bytes"), "must be at least 1".into());
+            }
         }
         if self.auth.leeway_secs > 300 {
             return err("auth.leeway_secs".into(), "must be at most 300".into());

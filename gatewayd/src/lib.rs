@@ -5,6 +5,7 @@
 //! from the TOML [`config`]. [`daemon`] wires them together; [`cli`] is the command line.
 
 pub mod auth;
+pub mod auth_signing;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -7,9 +7,11 @@
 //! - `idle`: hold many idle connections and report the daemon's resident memory per connection;
 //! - `dispatch`: the cost of one plugin event inside the runtime, without the network;
 //! - `reload-latency`, `reload-dispatch`: hot reload as clients and as the runtime see it.
+//! - `chat`: chat fan-out with persistence over many visitor/agent sessions.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
+mod chat;
 mod dispatch;
 mod reload;
 mod report;
@@ -48,6 +50,8 @@ enum Command {
     ReloadLatency(reload::LatencyArgs),
     /// Dispatch cost before, during and after a reload, measured inside the runtime.
     ReloadDispatch(reload::DispatchArgs),
+    /// Chat fan-out: `sessions` visitor/agent sessions, `rate` stored-and-broadcast messages/s.
+    Chat(chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             Command::Dispatch(a) => dispatch::run(a).await,
             Command::ReloadLatency(a) => reload::latency(a).await,
             Command::ReloadDispatch(a) => reload::dispatch(a).await,
+            Command::Chat(a) => chat::run(a).await,
         }
     })
 }

@@ -250,3 +250,22 @@ impl ConnectInfo {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
+
+/// Sign tokens with the daemon's `[auth.signing]` key (`gatewayd:plugin/auth.issue`).
+pub mod tokens {
+    /// A token carrying `claims` (a JSON object), valid for `ttl_secs`; the host sets `exp`,
+    /// `iat` (and `iss`/`aud` when configured). Err: `"<code>: <why>"`.
+    pub fn issue(claims: &serde_json::Value, ttl_secs: u32) -> Result<String, String> {
+        super::gatewayd::plugin::auth::issue(&claims.to_string(), ttl_secs)
+    }
+}
+
+/// The plugin's media directory, stored by the daemon (`gatewayd:plugin/files`).
+pub mod files {
+    pub use super::gatewayd::plugin::files::{StoredFile, get, put};
+}
+
+/// Group operations on addresses (`gatewayd:plugin/addresses`).
+pub mod addresses {
+    pub use super::gatewayd::plugin::addresses::close_all;
+}

@@ -342,6 +342,13 @@ fail_init = false
         Ok(child.wait()?)
     }
 
+    /// Start the daemon again on the same config, state and port (after [`Daemon::stop`]).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.logs.lock().unwrap().clear();
+        self.spawn(&[])?;
+        self.wait_ready().await
+    }
+
     /// Is the process still alive?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

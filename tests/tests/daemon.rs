@@ -39,7 +39,7 @@ fn config_errors_name_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("address"), "{err}");
 
-    let (code, err) = check_edited(|t| t.replace("event_timeout_ms = 200", "event_timeout_ms = 0"));
+    let (code, err) = check_edited(|t| t.replacen("event_timeout_ms = 200\n", "event_timeout_ms = 0\n", 1));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("plugins.signaling.limits.event_timeout_ms: must be at least 1"), "{err}");
 
@@ -52,11 +52,11 @@ fn config_errors_name_the_key() {
     assert!(err.contains("plugins.signaling.file") && err.contains("does not exist"), "{err}");
 
     let (code, err) =
-        check_edited(|t| t.replace("secret = \"gatewayd-development-secret-change-me\"", "secret = \"short\""));
+        check_edited(|t| t.replacen("secret = \"gatewayd-development-secret-change-me\"", "secret = \"short\"", 1));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("auth.keys[0]: secret must be at least 16 bytes"), "{err}");
 
-    let (code, err) = check_edited(|t| t.replace("algorithm = \"HS256\"", "algorithm = \"none\""));
+    let (code, err) = check_edited(|t| t.replacen("algorithm = \"HS256\"", "algorithm = \"none\"", 1));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("algorithm `none` is not supported"), "{err}");
 }

@@ -3,6 +3,6 @@
 wasmtime::component::bindgen!({
     world: "protocol",
     path: "../plugin-api/wit",
-    imports: { "gatewayd:plugin/store": async },
+    imports: { "gatewayd:plugin/store": async, "gatewayd:plugin/files": async },
     exports: { default: async },
 });

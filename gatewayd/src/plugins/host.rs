@@ -7,7 +7,7 @@ use super::bindings::Protocol;
 use super::bindings::gatewayd::plugin::{auth, config, connections, kv, log, session, store, timers, types};
 use super::{Event, Plugin, Services, Session};
 use crate::bus::{ConnId, Outbound};
-use crate::config::StoreAccess;
+use crate::config::{Capabilities, StoreAccess};
 use crate::store::Value;
 use bytes::Bytes;
 use std::sync::{Arc, Weak};
@@ -26,6 +26,7 @@ pub struct HostState {
     name: Arc<str>,
     services: Arc<Services>,
     store_access: StoreAccess,
+    files: Option<crate::config::FilesCapability>,
     config_json: Arc<str>,
     /// The session of the event being run.
     scope: Session,
@@ -55,7 +56,7 @@ impl HostState {
     pub(super) fn new(
         plugin: &Arc<Plugin>,
         memory_mb: u64,
-        store_access: StoreAccess,
+        capabilities: &Capabilities,
         config_json: Arc<str>,
     ) -> HostState {
         HostState {
@@ -65,7 +66,8 @@ impl HostState {
             plugin: Arc::downgrade(plugin),
             name: plugin.name.clone(),
             services: plugin.services.clone(),
-            store_access,
+            store_access: capabilities.store,
+            files: capabilities.files.clone(),
             config_json,
             scope: Session::default(),
         }
@@ -85,6 +87,16 @@ impl HostState {
 
     pub(super) fn end(&mut self) -> Session {
         std::mem::take(&mut self.scope)
+    }
+
+    /// The plugin this instance belongs to (for host interfaces in sibling modules).
+    pub(super) fn plugin(&self) -> Option<Arc<Plugin>> {
+        self.plugin.upgrade()
+    }
+
+    /// The `files` capability of this plugin version, if granted.
+    pub(super) fn files_capability_config(&self) -> Option<&crate::config::FilesCapability> {
+        self.files.as_ref()
     }
 
     /// True when `id` is a connection of this plugin; plugins cannot touch other plugins'
@@ -275,6 +287,13 @@ impl auth::Host for HostState {
         match self.services.jwt.verify(&token) {
             Ok(claims) => Ok(serde_json::Value::Object(claims).to_string()),
             Err(e) => Err(format!("{}: {e}", e.code())),
+        }
+    }
+
+    fn issue(&mut self, claims: String, ttl_secs: u32) -> Result<String, String> {
+        match serde_json::from_str(&claims) {
+            Ok(serde_json::Value::Object(claims)) => self.services.jwt.issue(claims, ttl_secs),
+            _ => Err("bad_claims: claims must be a JSON object".into()),
         }
     }
 }

@@ -18,6 +18,7 @@
 
 mod bindings;
 mod host;
+mod host_files;
 mod kv;
 pub mod stats;
 mod timers;
@@ -325,8 +326,7 @@ impl Plugin {
     }
 
     async fn instantiate(self: &Arc<Plugin>, version: &Version) -> Result<Warm, Fault> {
-        let state =
-            HostState::new(self, version.limits.memory_mb, version.capabilities.store, version.config_json.clone());
+        let state = HostState::new(self, version.limits.memory_mb, &version.capabilities, version.config_json.clone());
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();

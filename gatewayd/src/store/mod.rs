@@ -96,13 +96,22 @@ impl Store {
 
     /// Run a query; each row is its column values in select order.
     pub async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, sqlx::Error> {
-        let rows = bind(sqlx::query(sql), params).fetch_all(&self.pool).await?;
+        let rows = self.prepare(sql, params).fetch_all(&self.pool).await?;
         rows.iter().map(row_values).collect()
     }
 
     /// Run a statement; returns the number of rows affected.
     pub async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, sqlx::Error> {
-        Ok(bind(sqlx::query(sql), params).execute(&self.pool).await?.rows_affected())
+        Ok(self.prepare(sql, params).execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Bind `params` to `sql`. On PostgreSQL a prepared statement keeps the parameter types of
+    /// its first use, and a NULL is sent typed as text: a statement first run with a NULL and
+    /// cached would later misread an integer in that slot. Statements with a NULL parameter are
+    /// therefore not cached there; the others are.
+    fn prepare<'q>(&self, sql: &'q str, params: Vec<Value>) -> AnyQuery<'q> {
+        let persistent = !(self.backend == Backend::Postgres && params.contains(&Value::Null));
+        bind(sqlx::query(sql).persistent(persistent), params)
     }
 
     /// Run statements in one transaction; the first failure rolls all of them back and is

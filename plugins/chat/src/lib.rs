@@ -1,0 +1,70 @@
+//! chat.md: live chat between website visitors and a business's agents (spec: shared
+//! `specs/chat.md`; every decision where the spec is silent is in docs/protocols/chat.md).
+//!
+//! - HTTP (`http`): `POST /chat/start-session/`, `POST /chat/upload-file/`,
+//!   `GET /chat/history/<session_id>/`, `POST /chat/end-session/<session_id>/`,
+//!   `GET /chat/media/<name>` (the URL `upload-file` returns).
+//! - WebSocket (`socket`): `/ws/visitor-chat/?session_id=<uuid>`.
+//!
+//! Durable state is in the store (`db`); per-connection state (who, rate bucket) in the host's
+//! session; nothing survives in the instance between events.
+
+mod db;
+mod http;
+mod identity;
+mod settings;
+mod socket;
+mod upload;
+
+use gatewayd_plugin::{ConnectInfo, ConnectionId, HttpRequest, HttpResponse, Protocol};
+
+struct Chat;
+
+impl Protocol for Chat {
+    fn init() -> Result<(), String> {
+        settings::Settings::load().map(|_| ())
+    }
+
+    fn on_open(info: ConnectInfo) {
+        socket::open(info)
+    }
+
+    fn on_text(id: ConnectionId, text: String) {
+        socket::text(id, &text)
+    }
+
+    fn on_binary(id: ConnectionId, _data: Vec<u8>) {
+        socket::send_error(id, "unsupported_frame", "Binary frames are not accepted; send JSON text.");
+    }
+
+    fn on_http(request: HttpRequest) -> HttpResponse {
+        http::handle(request)
+    }
+}
+
+gatewayd_plugin::protocol_plugin!(Chat);
+
+/// The current time as RFC 3339 UTC with milliseconds, e.g. `2025-07-02T12:00:00.000Z`.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The bus address every connection of a chat session is bound to.
+pub(crate) fn session_address(session_id: &str) -> String {
+    format!("session/{session_id}")
+}
+
+/// End `session_id` (if active): mark it ended, broadcast the spec's `session_ended` to its
+/// connections and close them with 4006. Returns false when it was not active.
+pub(crate) fn end_session(session_id: &str, ended_by: &str) -> Result<bool, String> {
+    if !db::end_session(session_id, ended_by, &now_rfc3339())? {
+        return Ok(false);
+    }
+    let address = session_address(session_id);
+    gatewayd_plugin::conn::send_json_to(
+        &address,
+        &serde_json::json!({"type": "session_ended", "message": "The session has ended.", "timestamp": now_rfc3339()}),
+    );
+    gatewayd_plugin::addresses::close_all(&address, socket::CLOSE_SESSION_ENDED, "Session has ended");
+    Ok(true)
+}
