@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test
+PLUGINS := signaling fault-test rooms
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
@@ -28,7 +28,7 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build
-	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test
+	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-rooms
 	$(CARGO) test --release -p gatewayd-signaling --lib
 
 lint:

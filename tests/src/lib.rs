@@ -114,6 +114,8 @@ pub struct DaemonOptions {
     pub signaling_limits: String,
     /// Extra keys of the `[auth]` table (audience, issuer).
     pub auth_extra: String,
+    /// `[plugins.rooms.config]` body (the rooms listener is always on, see [`Daemon::rooms_addr`]).
+    pub rooms_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -124,6 +126,7 @@ impl Default for DaemonOptions {
             signaling_config: "invite_timeout_secs = 30".into(),
             signaling_limits: String::new(),
             auth_extra: String::new(),
+            rooms_config: String::new(),
         }
     }
 }
@@ -134,6 +137,8 @@ pub struct Daemon {
     pub dir: tempdir::TempDir,
     pub config_path: PathBuf,
     pub addr: SocketAddr,
+    /// The rooms listener: REST under `/api/v1`, WebSocket at `/ws`.
+    pub rooms_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     _pg: Option<PgDatabase>,
 }
@@ -169,6 +174,7 @@ impl Daemon {
         let dir = tempdir::TempDir::new("gatewayd-test");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let rooms_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let (url, pg) = match opts.db {
             Db::Sqlite => ("sqlite://gatewayd.db".to_string(), None),
             Db::Postgres => {
@@ -225,6 +231,7 @@ file = "{faults}"
 event_timeout_ms = 100
 memory_mb = 16
 
+{rooms}
 {extra}
 "#,
             state = dir.path().join("state").display(),
@@ -234,10 +241,11 @@ memory_mb = 16
             sigconf = opts.signaling_config,
             extra = opts.extra_toml,
             auth_extra = opts.auth_extra,
+            rooms = rooms_toml(rooms_addr, &opts.rooms_config),
         );
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config)?;
-        let mut daemon = Daemon { child: None, dir, config_path, addr, logs: Arc::default(), _pg: pg };
+        let mut daemon = Daemon { child: None, dir, config_path, addr, rooms_addr, logs: Arc::default(), _pg: pg };
         daemon.spawn()?;
         daemon.wait_ready().await?;
         Ok(daemon)
@@ -311,6 +319,83 @@ memory_mb = 16
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
+}
+
+/// The rooms listener, routes and plugin of a test config (like `config/gatewayd.toml`).
+fn rooms_toml(addr: SocketAddr, config: &str) -> String {
+    format!(
+        r#"
+[listeners.rooms]
+address = "{addr}"
+max_message_bytes = 65536
+
+[[routes]]
+listener = "rooms"
+path = "/api/v1"
+prefix = true
+kind = "http"
+plugin = "rooms"
+auth = "optional"
+
+[[routes]]
+listener = "rooms"
+path = "/ws"
+kind = "websocket"
+plugin = "rooms"
+auth = "optional"
+
+[plugins.rooms]
+file = "{file}"
+[plugins.rooms.capabilities]
+store = "read-write"
+[plugins.rooms.limits]
+event_timeout_ms = 2000
+[plugins.rooms.config]
+{config}
+"#,
+        file = plugin_file("rooms").display(),
+    )
+}
+
+/// An HTTP answer: status and the body parsed as JSON (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// A real HTTP/1.1 request with hyper's client to `addr`: `method path`, an optional bearer
+/// token and an optional JSON body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> Result<HttpAnswer> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("Host", addr.to_string());
+    if let Some(t) = bearer {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let payload = match body {
+        Some(v) => {
+            req = req.header("Content-Type", "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let resp = sender.send_request(req.body(http_body_util::Full::new(payload))?).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&bytes)))?
+    };
+    Ok(HttpAnswer { status, body })
 }
 
 impl Drop for Daemon {
