@@ -5,12 +5,14 @@
 //! - `invites`: open-loop invite load over many agent/guest pairs, reporting the achieved rate
 //!   and invite -> ring latency percentiles;
 //! - `idle`: hold many idle connections and report the daemon's resident memory per connection;
-//! - `dispatch`: the cost of one plugin event inside the runtime, without the network.
+//! - `dispatch`: the cost of one plugin event inside the runtime, without the network;
+//! - `rooms`: ICE-candidate relays through many rooms, reporting the rate and latency percentiles.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
 mod dispatch;
 mod report;
+mod rooms;
 mod signaling;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,8 @@ enum Command {
     Idle(signaling::IdleArgs),
     /// Plugin dispatch cost per event, measured inside the runtime.
     Dispatch(dispatch::DispatchArgs),
+    /// Rooms load: ICE-candidate relays in `rooms` rooms of `participants` participants.
+    Rooms(rooms::RoomsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::Invites(a) => signaling::invites(a).await,
             Command::Idle(a) => signaling::idle(a).await,
             Command::Dispatch(a) => dispatch::run(a).await,
+            Command::Rooms(a) => rooms::run(a).await,
         }
     })
 }
