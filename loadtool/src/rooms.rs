@@ -39,8 +39,8 @@ pub struct RoomsArgs {
 type Room = (String, Vec<(Client, String)>);
 
 async fn set_up_room(a: &RoomsArgs, token: &str, i: usize) -> anyhow::Result<Room> {
-    let created = http_request(a.addr, "POST", "/api/v1/rooms", Some(token), Some(&json!({"name": format!("load-{i}")})))
-        .await?;
+    let created =
+        http_request(a.addr, "POST", "/api/v1/rooms", Some(token), Some(&json!({"name": format!("load-{i}")}))).await?;
     if created.status != 201 {
         bail!("room {i}: POST /rooms answered {} {}", created.status, created.body);
     }
@@ -83,7 +83,12 @@ pub async fn run(a: RoomsArgs) -> anyhow::Result<()> {
     for s in setups {
         rooms.push(s.await??);
     }
-    println!("rooms_ready: {} rooms x {} participants in {:.1} s", a.rooms, a.participants, started.elapsed().as_secs_f64());
+    println!(
+        "rooms_ready: {} rooms x {} participants in {:.1} s",
+        a.rooms,
+        a.participants,
+        started.elapsed().as_secs_f64()
+    );
 
     let interval = a.rate.map(|r| Duration::from_secs_f64(a.rooms as f64 / r));
     let begin = Instant::now() + Duration::from_millis(200);

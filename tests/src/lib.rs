@@ -562,3 +562,19 @@ impl Client {
         }
     }
 }
+
+/// Define `sqlite::<case>` and `postgres::<case>` tests for each `async fn <case>(db: Db)` in
+/// the calling file.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::Db::Postgres).await })*
+        }
+    };
+}

@@ -111,27 +111,37 @@ async fn two_in_room(d: &Daemon, settings: Value) -> Pair {
 /// from `connecting` to `connected`, and the room hears `voice:stream-started` for each.
 async fn negotiate(a: &mut Client, pa: &str, b: &mut Client, pb: &str, room: &str, newly_connected: &[&str]) {
     let offer = json!({"type": "offer", "sdp": "v=0\r\no=- 1 0 IN IP4 0.0.0.0\r\n"});
-    b.send_json(&json!({"type": "webrtc:offer", "roomId": room, "participantId": pa, "offer": offer}))
-        .await
-        .unwrap();
-    assert_eq!(
-        a.recv_json().await.unwrap(),
-        json!({"type": "webrtc:offer", "fromParticipantId": pb, "roomId": room, "offer": offer})
-    );
+    relay((b, pb), a, room, Some(pa), "offer", &offer).await;
     let answer = json!({"type": "answer", "sdp": "v=0\r\no=- 2 0 IN IP4 0.0.0.0\r\n"});
-    a.send_json(&json!({"type": "webrtc:answer", "roomId": room, "participantId": pb, "answer": answer}))
-        .await
-        .unwrap();
-    assert_eq!(
-        b.recv_json().await.unwrap(),
-        json!({"type": "webrtc:answer", "fromParticipantId": pa, "roomId": room, "answer": answer})
-    );
+    relay((a, pa), b, room, Some(pb), "answer", &answer).await;
     // The answer completes the negotiation: sender first, then the receiver.
     for c in [a, b] {
         for p in newly_connected {
             assert_eq!(c.recv_json().await.unwrap(), json!({"type": "voice:stream-started", "participantId": p}));
         }
     }
+}
+
+/// `from` (client, participant id) sends `webrtc:<kind>` with `payload` to `target` (none:
+/// everyone else); `to` receives it with `fromParticipantId`.
+async fn relay(
+    from: (&mut Client, &str),
+    to: &mut Client,
+    room: &str,
+    target: Option<&str>,
+    kind: &str,
+    payload: &Value,
+) {
+    let field = if kind == "ice-candidate" { "candidate" } else { kind };
+    let mut msg = json!({"type": format!("webrtc:{kind}"), "roomId": room, field: payload});
+    if let Some(t) = target {
+        msg["participantId"] = json!(t);
+    }
+    from.0.send_json(&msg).await.unwrap();
+    assert_eq!(
+        to.recv_json().await.unwrap(),
+        json!({"type": format!("webrtc:{kind}"), "fromParticipantId": from.1, "roomId": room, field: payload})
+    );
 }
 
 async fn rest_rooms(db: Db) {
@@ -154,7 +164,8 @@ async fn rest_rooms(db: Db) {
     assert_eq!(got.body, expected);
 
     // Update: name replaced, settings merged (RFC 7386: null removes a key).
-    let patch = json!({"name": "Updated Room Name", "settings": {"recording": {"enabled": true}, "voice": {"bitrate": null}}});
+    let patch =
+        json!({"name": "Updated Room Name", "settings": {"recording": {"enabled": true}, "voice": {"bitrate": null}}});
     let up = api(&d, "PATCH", &format!("/rooms/{id}"), Some(patch)).await;
     assert_eq!(up.status, 200, "{:?}", up.body);
     assert_eq!(up.body["name"], "Updated Room Name");
@@ -226,7 +237,11 @@ async fn rest_bad_requests(db: Db) {
         400,
         "INVALID_REQUEST",
     );
-    assert_error(&api(&d, "PATCH", &format!("/rooms/{id}"), Some(json!({"settings": 3}))).await, 400, "INVALID_REQUEST");
+    assert_error(
+        &api(&d, "PATCH", &format!("/rooms/{id}"), Some(json!({"settings": 3}))).await,
+        400,
+        "INVALID_REQUEST",
+    );
     assert_eq!(api(&d, "GET", &format!("/rooms/{id}"), None).await.body["settings"], json!({}));
     for body in [json!({}), json!({"agent_id": ""}), json!({"agent_id": "a", "metadata": "x"})] {
         assert_error(&api(&d, "POST", &format!("/rooms/{id}/participants"), Some(body)).await, 400, "INVALID_REQUEST");
@@ -249,12 +264,14 @@ async fn rest_needs_an_agent_token(db: Db) {
     let r = http_request(d.rooms_addr, "GET", "/api/v1/rooms", Some(&by_agent_id), None).await.unwrap();
     assert_eq!(r.status, 200);
     // A token that is present must be valid: the daemon refuses it before the plugin.
-    let forged = token_with(&json!({"user_id": 1, "exp": jsonwebtoken::get_current_timestamp() + 60}), "another-secret-0123456789");
+    let forged = token_with(
+        &json!({"user_id": 1, "exp": jsonwebtoken::get_current_timestamp() + 60}),
+        "another-secret-0123456789",
+    );
     let r = http_request(d.rooms_addr, "GET", "/api/v1/rooms", Some(&forged), None).await.unwrap();
     assert_eq!((r.status, r.body["error"].as_str()), (401, Some("token_invalid")));
-    let via_query = http_request(d.rooms_addr, "GET", &format!("/api/v1/rooms?token={}", manager()), None, None)
-        .await
-        .unwrap();
+    let via_query =
+        http_request(d.rooms_addr, "GET", &format!("/api/v1/rooms?token={}", manager()), None, None).await.unwrap();
     assert_eq!(via_query.status, 200);
     let created = create_room(&d, json!({"name": "r"})).await;
     let id = created["id"].as_str().unwrap();
@@ -278,7 +295,13 @@ async fn rest_participants(db: Db) {
     let room = create_room(&d, json!({"name": "r", "settings": {"max_participants": 2}})).await;
     let id = room["id"].as_str().unwrap();
     let metadata = json!({"display_name": "Agent Alpha", "capabilities": ["opus", "dtmf"]});
-    let r = api(&d, "POST", &format!("/rooms/{id}/participants"), Some(json!({"agent_id": "agent-alpha-001", "metadata": metadata}))).await;
+    let r = api(
+        &d,
+        "POST",
+        &format!("/rooms/{id}/participants"),
+        Some(json!({"agent_id": "agent-alpha-001", "metadata": metadata})),
+    )
+    .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let alpha = r.body;
     assert_eq!(alpha["room_id"], id);
@@ -326,7 +349,8 @@ async fn rest_participants(db: Db) {
     assert_error(&api(&d, "DELETE", "/rooms/no-such-room/participants/x", None).await, 404, "ROOM_NOT_FOUND");
     assert_eq!(participants(&d, id).await.len(), 1);
     // The seat is free again, and the same agent may join anew as a new participant.
-    let again = api(&d, "POST", &format!("/rooms/{id}/participants"), Some(json!({"agent_id": "agent-alpha-001"}))).await;
+    let again =
+        api(&d, "POST", &format!("/rooms/{id}/participants"), Some(json!({"agent_id": "agent-alpha-001"}))).await;
     assert_eq!(again.status, 201);
     assert_ne!(again.body["id"], alpha["id"]);
 
@@ -376,22 +400,14 @@ async fn ws_flow(db: Db) {
 
     // ICE: addressed, and to every other participant when none is addressed.
     let cand = json!({"candidate": "candidate:1 1 udp 2113937151 192.168.1.100 54321 typ host", "sdpMid": "audio", "sdpMLineIndex": 0});
-    a.send_json(&json!({"type": "webrtc:ice-candidate", "roomId": room, "participantId": pb, "candidate": cand}))
-        .await
-        .unwrap();
-    assert_eq!(
-        b.recv_json().await.unwrap(),
-        json!({"type": "webrtc:ice-candidate", "fromParticipantId": pa, "roomId": room, "candidate": cand})
-    );
-    b.send_json(&json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": cand})).await.unwrap();
-    assert_eq!(
-        a.recv_json().await.unwrap(),
-        json!({"type": "webrtc:ice-candidate", "fromParticipantId": pb, "roomId": room, "candidate": cand})
-    );
+    relay((&mut a, &pa), &mut b, &room, Some(&pb), "ice-candidate", &cand).await;
+    relay((&mut b, &pb), &mut a, &room, None, "ice-candidate", &cand).await;
     // Naming oneself is the same as naming nobody.
-    b.send_json(&json!({"type": "webrtc:offer", "roomId": room, "participantId": pb, "offer": {"type": "offer", "sdp": "x"}}))
-        .await
-        .unwrap();
+    b.send_json(
+        &json!({"type": "webrtc:offer", "roomId": room, "participantId": pb, "offer": {"type": "offer", "sdp": "x"}}),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.recv_json().await.unwrap()["fromParticipantId"], pb);
     b.expect_silence(Duration::from_millis(200)).await.unwrap();
 
@@ -416,7 +432,10 @@ async fn ws_flow(db: Db) {
     assert_eq!(s["status"], "active");
     a.send_json(&json!({"type": "room:stats", "roomId": room, "stats": {"avg_latency_ms": 40}})).await.unwrap();
     a.expect_silence(Duration::from_millis(200)).await.unwrap();
-    assert_eq!(api(&d, "GET", &format!("/sessions/{session_a}"), None).await.body["stats"], json!({"avg_latency_ms": 40}));
+    assert_eq!(
+        api(&d, "GET", &format!("/sessions/{session_a}"), None).await.body["stats"],
+        json!({"avg_latency_ms": 40})
+    );
 
     // Leave: everyone (the leaver too) sees it; the last one closes the room.
     a.send_json(&json!({"type": "room:leave", "roomId": room, "participantId": pa})).await.unwrap();
@@ -429,8 +448,14 @@ async fn ws_flow(db: Db) {
     assert!(s["duration"].as_i64().unwrap() >= 0);
     assert_eq!(s["stats"], json!({"avg_latency_ms": 40}));
     b.send_json(&json!({"type": "room:leave", "roomId": room, "participantId": pb})).await.unwrap();
-    assert_eq!(b.recv_json().await.unwrap(), json!({"type": "room:participant-left", "participantId": pb, "reason": "user_left"}));
-    assert_eq!(b.recv_json().await.unwrap(), json!({"type": "room:closed", "roomId": room, "reason": "all_participants_left"}));
+    assert_eq!(
+        b.recv_json().await.unwrap(),
+        json!({"type": "room:participant-left", "participantId": pb, "reason": "user_left"})
+    );
+    assert_eq!(
+        b.recv_json().await.unwrap(),
+        json!({"type": "room:closed", "roomId": room, "reason": "all_participants_left"})
+    );
     a.expect_silence(Duration::from_millis(200)).await.unwrap();
     assert_eq!(room_status(&d, &room).await, "closed");
     expect_error(&mut a, json!({"type": "room:join", "roomId": room, "agentId": "alpha"}), "ROOM_CLOSED").await;
@@ -453,7 +478,8 @@ async fn ws_errors(db: Db) {
     // ROOM_FULL, ROOM_NOT_FOUND, ALREADY_JOINED.
     let mut c = ws(&d).await;
     expect_error(&mut c, json!({"type": "room:join", "roomId": room, "agentId": "gamma"}), "ROOM_FULL").await;
-    expect_error(&mut c, json!({"type": "room:join", "roomId": "no-such-room", "agentId": "gamma"}), "ROOM_NOT_FOUND").await;
+    expect_error(&mut c, json!({"type": "room:join", "roomId": "no-such-room", "agentId": "gamma"}), "ROOM_NOT_FOUND")
+        .await;
     expect_error(&mut a, json!({"type": "room:join", "roomId": room, "agentId": "alpha"}), "ALREADY_JOINED").await;
     // Another connection claiming a held agent.
     expect_error(&mut c, json!({"type": "room:join", "roomId": room, "agentId": "beta"}), "ALREADY_JOINED").await;
@@ -471,8 +497,12 @@ async fn ws_errors(db: Db) {
     }
     // Naming somebody else's participant where one's own is meant.
     expect_error(&mut a, json!({"type": "room:leave", "roomId": room, "participantId": pb}), "NOT_IN_ROOM").await;
-    expect_error(&mut a, json!({"type": "room:mute", "roomId": room, "participantId": pb, "muted": true}), "NOT_IN_ROOM")
-        .await;
+    expect_error(
+        &mut a,
+        json!({"type": "room:mute", "roomId": room, "participantId": pb, "muted": true}),
+        "NOT_IN_ROOM",
+    )
+    .await;
     // WEBCRTC_ERROR: nobody to deliver to.
     expect_error(
         &mut a,
@@ -502,16 +532,26 @@ async fn ws_errors(db: Db) {
     // Nobody else was disturbed, and the room still works.
     b.expect_silence(Duration::from_millis(200)).await.unwrap();
     c.expect_silence(Duration::from_millis(50)).await.unwrap();
-    a.send_json(&json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": {"candidate": "c"}})).await.unwrap();
+    a.send_json(&json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": {"candidate": "c"}}))
+        .await
+        .unwrap();
     assert_eq!(b.recv_json().await.unwrap()["fromParticipantId"], pa);
     // Broadcast with nobody else connected.
     b.send_json(&json!({"type": "room:leave", "roomId": room})).await.unwrap();
     assert_eq!(b.recv_json().await.unwrap()["type"], "room:participant-left");
     assert_eq!(a.recv_json().await.unwrap()["participantId"], pb);
-    expect_error(&mut a, json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": {"candidate": "c"}}), "WEBCRTC_ERROR")
-        .await;
-    expect_error(&mut a, json!({"type": "webrtc:offer", "roomId": room, "participantId": pb, "offer": offer}), "WEBCRTC_ERROR")
-        .await;
+    expect_error(
+        &mut a,
+        json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": {"candidate": "c"}}),
+        "WEBCRTC_ERROR",
+    )
+    .await;
+    expect_error(
+        &mut a,
+        json!({"type": "webrtc:offer", "roomId": room, "participantId": pb, "offer": offer}),
+        "WEBCRTC_ERROR",
+    )
+    .await;
 }
 
 async fn ws_auth(db: Db) {
@@ -531,16 +571,21 @@ async fn ws_auth(db: Db) {
     c.send_json(&json!({"type": "auth", "token": token(&json!({"agent_id": "agent-alpha-001", "exp": exp}))}))
         .await
         .unwrap();
-    expect_error(&mut c, json!({"type": "room:join", "roomId": room, "agentId": "agent-beta-001"}), "INVALID_TOKEN").await;
+    expect_error(&mut c, json!({"type": "room:join", "roomId": room, "agentId": "agent-beta-001"}), "INVALID_TOKEN")
+        .await;
     join(&mut c, &room, "agent-alpha-001").await;
     // The same through the handshake (Sec-WebSocket-Protocol: Bearer, <jwt>).
     let t = token(&json!({"agent_id": "agent-beta-001", "exp": exp}));
-    let mut b = Client::connect_with(&format!("ws://{}/ws", d.rooms_addr), &[("Sec-WebSocket-Protocol", &format!("Bearer, {t}"))])
-        .await
-        .unwrap()
-        .expect("handshake accepted");
+    let mut b = Client::connect_with(
+        &format!("ws://{}/ws", d.rooms_addr),
+        &[("Sec-WebSocket-Protocol", &format!("Bearer, {t}"))],
+    )
+    .await
+    .unwrap()
+    .expect("handshake accepted");
     assert_eq!(b.protocol.as_deref(), Some("Bearer"));
-    expect_error(&mut b, json!({"type": "room:join", "roomId": room, "agentId": "agent-alpha-001"}), "INVALID_TOKEN").await;
+    expect_error(&mut b, json!({"type": "room:join", "roomId": room, "agentId": "agent-alpha-001"}), "INVALID_TOKEN")
+        .await;
     join(&mut b, &room, "agent-beta-001").await;
     assert_eq!(c.recv_json().await.unwrap()["type"], "room:participant-joined");
     // A bad handshake token is refused before the plugin.
@@ -624,8 +669,12 @@ async fn connection_timeout(db: Db) {
     let s = api(&d, "GET", &format!("/sessions/{}", field(&ja, "sessionId")), None).await.body;
     assert_eq!(s["status"], "timed_out");
     // alpha is out of the room; beta, alone again, waits.
-    expect_error(&mut a, json!({"type": "webrtc:offer", "roomId": room, "participantId": pb, "offer": {"sdp": "x"}}), "NOT_IN_ROOM")
-        .await;
+    expect_error(
+        &mut a,
+        json!({"type": "webrtc:offer", "roomId": room, "participantId": pb, "offer": {"sdp": "x"}}),
+        "NOT_IN_ROOM",
+    )
+    .await;
     let list = participants(&d, &room).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], pb);
@@ -643,7 +692,13 @@ async fn rest_and_websocket_together(db: Db) {
     let d = daemon(db, "").await;
     // A participant created over REST is resumed by the WebSocket join of its agent.
     let room = field(&create_room(&d, json!({"name": "mixed"})).await, "id");
-    let r = api(&d, "POST", &format!("/rooms/{room}/participants"), Some(json!({"agent_id": "alpha", "metadata": {"display_name": "A"}}))).await;
+    let r = api(
+        &d,
+        "POST",
+        &format!("/rooms/{room}/participants"),
+        Some(json!({"agent_id": "alpha", "metadata": {"display_name": "A"}})),
+    )
+    .await;
     let pa = field(&r.body, "id");
     let mut a = ws(&d).await;
     let ja = join(&mut a, &room, "alpha").await;
@@ -658,8 +713,12 @@ async fn rest_and_websocket_together(db: Db) {
     let left = json!({"type": "room:participant-left", "participantId": pb, "reason": "user_left"});
     assert_eq!(b.recv_json().await.unwrap(), left);
     assert_eq!(a.recv_json().await.unwrap(), left);
-    expect_error(&mut b, json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": {"candidate": "c"}}), "NOT_IN_ROOM")
-        .await;
+    expect_error(
+        &mut b,
+        json!({"type": "webrtc:ice-candidate", "roomId": room, "candidate": {"candidate": "c"}}),
+        "NOT_IN_ROOM",
+    )
+    .await;
     // Removed, it may join again as a new participant.
     let pb2 = field(&join(&mut b, &room, "beta").await, "participantId");
     assert_ne!(pb2, pb);
@@ -682,27 +741,23 @@ async fn rooms_are_isolated(db: Db) {
     let Pair { room: r1, mut a, pa, b: mut b1, .. } = two_in_room(&d, json!({})).await;
     let Pair { room: r2, a: mut a2, pa: pa2, b: mut b2, .. } = two_in_room(&d, json!({})).await;
     // alpha of room 1 names a participant of room 2: not reachable from room 1.
-    expect_error(&mut a, json!({"type": "webrtc:offer", "roomId": r1, "participantId": pa2, "offer": {"sdp": "x"}}), "WEBCRTC_ERROR")
-        .await;
+    expect_error(
+        &mut a,
+        json!({"type": "webrtc:offer", "roomId": r1, "participantId": pa2, "offer": {"sdp": "x"}}),
+        "WEBCRTC_ERROR",
+    )
+    .await;
     // Nor may it speak in room 2.
-    expect_error(&mut a, json!({"type": "webrtc:ice-candidate", "roomId": r2, "candidate": {"candidate": "c"}}), "NOT_IN_ROOM").await;
+    expect_error(
+        &mut a,
+        json!({"type": "webrtc:ice-candidate", "roomId": r2, "candidate": {"candidate": "c"}}),
+        "NOT_IN_ROOM",
+    )
+    .await;
     a.send_json(&json!({"type": "webrtc:ice-candidate", "roomId": r1, "candidate": {"candidate": "c"}})).await.unwrap();
     assert_eq!(b1.recv_json().await.unwrap()["fromParticipantId"], pa);
     a2.expect_silence(Duration::from_millis(200)).await.unwrap();
     b2.expect_silence(Duration::from_millis(10)).await.unwrap();
-}
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(gatewayd_e2e::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(gatewayd_e2e::Db::Postgres).await })*
-        }
-    };
 }
 
 on_both_backends!(

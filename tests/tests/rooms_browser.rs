@@ -105,7 +105,11 @@ impl Page<'_> {
 
     async fn run(&self, script: &str, args: Value) -> Value {
         self.driver
-            .call("POST", &format!("/session/{}/execute/sync", self.session), Some(json!({"script": script, "args": args})))
+            .call(
+                "POST",
+                &format!("/session/{}/execute/sync", self.session),
+                Some(json!({"script": script, "args": args})),
+            )
             .await
     }
 
@@ -223,9 +227,10 @@ async fn two_browsers_connect_through_a_room() {
         let candidate = p.wait_event("webrtc:ice-candidate", |e| e["type"] == "webrtc:ice-candidate").await;
         assert!(candidate["candidate"]["candidate"].as_str().unwrap().starts_with("candidate:"));
     }
-    let listed = http_request(d.rooms_addr, "GET", &format!("/api/v1/rooms/{room}"), Some(&agent_token(json!(1))), None)
-        .await
-        .unwrap();
+    let listed =
+        http_request(d.rooms_addr, "GET", &format!("/api/v1/rooms/{room}"), Some(&agent_token(json!(1))), None)
+            .await
+            .unwrap();
     assert_eq!(listed.body["status"], "active");
 
     // alpha leaves: beta sees it. beta, the last one, leaves: the room closes.

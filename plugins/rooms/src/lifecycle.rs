@@ -116,7 +116,11 @@ pub fn join(req: JoinRequest<'_>) -> Result<Participant, ApiError> {
                 return Err(ApiError::new(
                     errors::ROOM_FULL,
                     409,
-                    format!("room {} has reached its maximum of {} participants", room.id, room.max_participants().unwrap_or(0)),
+                    format!(
+                        "room {} has reached its maximum of {} participants",
+                        room.id,
+                        room.max_participants().unwrap_or(0)
+                    ),
                 ));
             }
             p
@@ -236,10 +240,7 @@ pub fn connected(participant_id: &str) -> Result<(), ApiError> {
     let Some(p) = model::get_participant(participant_id)? else { return Ok(()) };
     refresh_room_status(&p.room_id)?;
     if !p.muted {
-        conn::send_json_to(
-            &room_address(&p.room_id),
-            &json!({"type": "voice:stream-started", "participantId": p.id}),
-        );
+        conn::send_json_to(&room_address(&p.room_id), &json!({"type": "voice:stream-started", "participantId": p.id}));
     }
     Ok(())
 }
@@ -276,7 +277,10 @@ pub fn announce_closed(room_id: &str) {
 /// `room_deleted` to the room first), then the room and its participants are deleted.
 pub fn delete_room(room_id: &str) -> Result<(), ApiError> {
     let room = model::require_room(room_id)?;
-    conn::send_json_to(&room_address(&room.id), &json!({"type": "room:closed", "roomId": room.id, "reason": "room_deleted"}));
+    conn::send_json_to(
+        &room_address(&room.id),
+        &json!({"type": "room:closed", "roomId": room.id, "reason": "room_deleted"}),
+    );
     for p in model::live_participants(&room.id)? {
         model::end_stay(&p, "room_deleted", session_status::COMPLETED)?;
         cancel_timers(&p.id);

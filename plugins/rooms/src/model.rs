@@ -100,6 +100,14 @@ fn col_json(row: &[SqlValue], i: usize) -> Value {
     row.get(i).and_then(store::text).and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null)
 }
 
+/// A JSON object column; `{}` when NULL or unreadable.
+fn col_object(row: &[SqlValue], i: usize) -> Value {
+    match col_json(row, i) {
+        v @ Value::Object(_) => v,
+        _ => json!({}),
+    }
+}
+
 /// A row of `rooms`.
 #[derive(Debug, Clone)]
 pub struct Room {
@@ -120,10 +128,7 @@ impl Room {
             id: col_text(row, 0),
             name: col_text(row, 1),
             status: col_text(row, 2),
-            settings: match col_json(row, 3) {
-                Value::Null => json!({}),
-                v => v,
-            },
+            settings: col_object(row, 3),
             created_at: col_text(row, 4),
             updated_at: col_text(row, 5),
         }
@@ -206,7 +211,8 @@ const LIVE: &str = "status <> 'left'";
 
 /// Participants of `room_id` that have not left (connecting, connected or disconnected).
 pub fn count_live(room_id: &str) -> Result<i64> {
-    let rows = query(&format!("SELECT COUNT(*) FROM room_participants WHERE room_id = $1 AND {LIVE}"), &[text(room_id)])?;
+    let rows =
+        query(&format!("SELECT COUNT(*) FROM room_participants WHERE room_id = $1 AND {LIVE}"), &[text(room_id)])?;
     Ok(rows.first().map(|r| col_int(r, 0)).unwrap_or(0))
 }
 
@@ -217,11 +223,8 @@ pub fn count_live_and_connected(room_id: &str) -> Result<(i64, i64)> {
         &[text(room_id)],
     )?;
     let live = rows.iter().map(|r| col_int(r, 1)).sum();
-    let connected = rows
-        .iter()
-        .filter(|r| col_text(r, 0) == participant_status::CONNECTED)
-        .map(|r| col_int(r, 1))
-        .sum();
+    let connected =
+        rows.iter().filter(|r| col_text(r, 0) == participant_status::CONNECTED).map(|r| col_int(r, 1)).sum();
     Ok((live, connected))
 }
 
@@ -274,10 +277,7 @@ impl Participant {
             room_id: col_text(row, 1),
             agent_id: col_text(row, 2),
             status: col_text(row, 3),
-            metadata: match col_json(row, 4) {
-                Value::Null => json!({}),
-                v => v,
-            },
+            metadata: col_object(row, 4),
             muted: col_int(row, 5) != 0,
             connection_id: match row.get(6) {
                 Some(SqlValue::Null) | None => None,
@@ -346,7 +346,9 @@ pub fn live_participant_of_agent(room_id: &str, agent_id: &str) -> Result<Option
 /// Participants of `room_id` that have not left, in join order.
 pub fn live_participants(room_id: &str) -> Result<Vec<Participant>> {
     let rows = query(
-        &format!("SELECT {PARTICIPANT_COLUMNS} FROM room_participants WHERE room_id = $1 AND {LIVE} ORDER BY joined_at, id"),
+        &format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM room_participants WHERE room_id = $1 AND {LIVE} ORDER BY joined_at, id"
+        ),
         &[text(room_id)],
     )?;
     Ok(rows.iter().map(|r| Participant::from_row(r)).collect())

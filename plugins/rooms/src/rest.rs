@@ -64,7 +64,9 @@ fn require_agent(req: &HttpRequest) -> Result<String, ApiError> {
     match claims.get("agent_id").or_else(|| claims.get("user_id")) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
-        _ => Err(ApiError::new(errors::INVALID_TOKEN, 403, "the token is not an agent's: it has no user_id or agent_id")),
+        _ => {
+            Err(ApiError::new(errors::INVALID_TOKEN, 403, "the token is not an agent's: it has no user_id or agent_id"))
+        }
     }
 }
 

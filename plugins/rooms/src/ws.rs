@@ -146,8 +146,11 @@ fn join(id: ConnectionId, state: &mut ConnState, msg: &Map<String, Value>) -> Re
         }
         state.rooms.remove(room_id);
     }
-    let others: Vec<Value> =
-        model::live_participants(room_id)?.iter().filter(|p| p.agent_id != agent_id).map(lifecycle::participant_summary).collect();
+    let others: Vec<Value> = model::live_participants(room_id)?
+        .iter()
+        .filter(|p| p.agent_id != agent_id)
+        .map(lifecycle::participant_summary)
+        .collect();
     let p = lifecycle::join(JoinRequest { room_id, agent_id, metadata, connection: Some(id) })?;
     state.rooms.insert(p.room_id.clone(), p.id.clone());
     conn::send_json(
