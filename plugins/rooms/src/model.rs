@@ -364,7 +364,7 @@ pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
         text(&p.agent_id),
         text(&p.status),
         text(&p.metadata.to_string()),
-        p.connection_id.map(|c| SqlValue::Integer(c as i64)).unwrap_or(SqlValue::Null),
+        connection_param(p.connection_id),
         text(&p.session_id),
         text(&p.joined_at),
         SqlValue::Integer(max.unwrap_or(i64::MAX)),
@@ -372,7 +372,7 @@ pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
     let inserted = execute(
         &format!(
             "INSERT INTO room_participants (id, room_id, agent_id, status, metadata, connection_id, session_id, joined_at) \
-             SELECT $1, $2, $3, $4, $5, CAST($6 AS BIGINT), $7, $8 \
+             SELECT $1, $2, $3, $4, $5, NULLIF($6, -1), $7, $8 \
              WHERE (SELECT COUNT(*) FROM room_participants WHERE room_id = $2 AND {LIVE}) < $9"
         ),
         &params,
@@ -387,11 +387,18 @@ pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
     Ok(true)
 }
 
+/// A connection id as a SQL parameter that is always an integer: -1 for none, turned into NULL
+/// by `NULLIF($n, -1)` in the statement. (A NULL parameter is bound as text; PostgreSQL caches
+/// a prepared statement's parameter types, so one statement must never see both.)
+fn connection_param(connection: Option<u64>) -> SqlValue {
+    SqlValue::Integer(connection.and_then(|c| i64::try_from(c).ok()).unwrap_or(-1))
+}
+
 /// Set a participant's status and the connection holding it.
 pub fn set_participant_connection(id: &str, status: &str, connection: Option<u64>) -> Result<()> {
     execute(
-        "UPDATE room_participants SET status = $1, connection_id = CAST($2 AS BIGINT) WHERE id = $3",
-        &[text(status), connection.map(|c| SqlValue::Integer(c as i64)).unwrap_or(SqlValue::Null), text(id)],
+        "UPDATE room_participants SET status = $1, connection_id = NULLIF($2, -1) WHERE id = $3",
+        &[text(status), connection_param(connection), text(id)],
     )?;
     Ok(())
 }
