@@ -30,6 +30,7 @@ check: build
 test: build
 	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-rooms
 	$(CARGO) test --release -p gatewayd-signaling --lib
+	$(CARGO) test --release -p gatewayd-rooms --lib
 
 lint:
 	$(CARGO) fmt --all --check

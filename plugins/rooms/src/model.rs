@@ -482,3 +482,24 @@ pub fn get_session(id: &str) -> Result<Option<Value>> {
         })
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc_3339_utc_with_milliseconds() {
+        let t = now();
+        assert_eq!(t.len(), "2026-02-10T17:00:00.000Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert_eq!(seconds_between(&t, &t), 0);
+    }
+
+    #[test]
+    fn durations_are_whole_seconds() {
+        assert_eq!(seconds_between("2026-02-10T17:00:00Z", "2026-02-10T17:30:00Z"), 1800);
+        assert_eq!(seconds_between("2026-02-10T17:00:00.900Z", "2026-02-10T17:00:02.100Z"), 1);
+        assert_eq!(seconds_between("2026-02-10T17:00:05Z", "2026-02-10T17:00:00Z"), 0);
+        assert_eq!(seconds_between("garbage", "2026-02-10T17:00:00Z"), 0);
+    }
+}
