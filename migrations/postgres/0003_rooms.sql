@@ -1,5 +1,5 @@
 -- Rooms protocol (rooms.md): rooms, their participants and one session per participant stay.
--- Timestamps are RFC 3339 text (UTC, millisecond precision); JSON documents are text.
+-- Timestamps are RFC 3339 text (UTC, microsecond precision); JSON documents are text.
 CREATE TABLE rooms (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,

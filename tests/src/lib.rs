@@ -315,6 +315,18 @@ memory_mb = 16
         Ok(child.wait()?)
     }
 
+    /// Kill the process with SIGKILL (no shutdown work at all), then start it again on the same
+    /// config, database and ports, and wait until it is ready.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        self.logs.lock().unwrap().clear();
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
     /// Is the process still alive?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

@@ -735,6 +735,23 @@ async fn rest_and_websocket_together(db: Db) {
     assert_eq!(s["status"], "completed");
 }
 
+/// A daemon crash loses every connection without a close: after the restart the agents can
+/// take their participants over again (same participant, same session).
+async fn crash_restart_resumes(db: Db) {
+    let mut d = daemon(db, "").await;
+    let room = field(&create_room(&d, json!({"name": "crash"})).await, "id");
+    let mut a = ws(&d).await;
+    let ja = join(&mut a, &room, "alpha").await;
+    d.crash_and_restart().await.expect("daemon restarts");
+    let mut a = ws(&d).await;
+    let again = join(&mut a, &room, "alpha").await;
+    assert_eq!(again["participantId"], ja["participantId"]);
+    assert_eq!(again["sessionId"], ja["sessionId"]);
+    // Held again now: a second connection for the same agent is refused.
+    let mut other = ws(&d).await;
+    expect_error(&mut other, json!({"type": "room:join", "roomId": room, "agentId": "alpha"}), "ALREADY_JOINED").await;
+}
+
 /// Two rooms never hear each other.
 async fn rooms_are_isolated(db: Db) {
     let d = daemon(db, "").await;
@@ -772,4 +789,5 @@ on_both_backends!(
     connection_timeout,
     rest_and_websocket_together,
     rooms_are_isolated,
+    crash_restart_resumes,
 );

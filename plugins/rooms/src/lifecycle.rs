@@ -11,7 +11,7 @@
 
 use crate::errors::{self, ApiError};
 use crate::model::{self, Participant, participant_status, room_status, session_status};
-use gatewayd_plugin::{ConnectionId, conn, timers};
+use gatewayd_plugin::{ConnectionId, conn, kv, timers};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -87,7 +87,7 @@ pub fn join(req: JoinRequest<'_>) -> Result<Participant, ApiError> {
     }
     let participant = match model::live_participant_of_agent(&room.id, req.agent_id)? {
         Some(mut existing) => {
-            let Some(connection) = req.connection.filter(|_| existing.connection_id.is_none()) else {
+            let Some(connection) = req.connection.filter(|_| !is_held(&existing)) else {
                 return Err(ApiError::new(
                     errors::ALREADY_JOINED,
                     409,
@@ -135,6 +135,7 @@ pub fn join(req: JoinRequest<'_>) -> Result<Participant, ApiError> {
     if let Some(c) = req.connection {
         conn::bind(c, &room_address(&room.id));
         conn::bind(c, &participant_address(&room.id, &participant.id));
+        kv::set(&held_key(&participant.id), &c.to_string(), None);
     }
     Ok(participant)
 }
@@ -161,7 +162,24 @@ pub fn leave(p: &Participant, reason: &str, session_end: &str) -> Result<bool, A
     Ok(true)
 }
 
+/// kv key naming the connection that holds a participant. kv lives in the daemon's memory, so
+/// after a restart no participant is held (its stored `connection_id` is stale) and its agent
+/// can take it over again; across plugin reloads it stays.
+fn held_key(participant_id: &str) -> String {
+    format!("held/{participant_id}")
+}
+
+/// Is `p` held by a live connection of this daemon run?
+fn is_held(p: &Participant) -> bool {
+    p.connection_id.is_some_and(|c| kv::get(&held_key(&p.id)) == Some(c.to_string()))
+}
+
+/// Unbind `p`'s addresses from connection `c`, if `c` (still) holds it.
 fn unbind(c: ConnectionId, p: &Participant) {
+    if kv::get(&held_key(&p.id)) != Some(c.to_string()) {
+        return;
+    }
+    kv::take(&held_key(&p.id));
     conn::unbind(c, &room_address(&p.room_id));
     conn::unbind(c, &participant_address(&p.room_id, &p.id));
 }

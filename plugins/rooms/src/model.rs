@@ -36,18 +36,19 @@ pub mod participant_status {
     pub const LEFT: &str = "left";
 }
 
-/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-02-10T17:00:00.000Z`.
+/// The current time as RFC 3339 UTC with microseconds, e.g. `2026-02-10T17:00:00.000000Z`
+/// (fine enough that rooms created one after the other list in creation order).
 pub fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
         t.hour(),
         t.minute(),
         t.second(),
-        t.millisecond()
+        t.microsecond()
     )
 }
 
@@ -488,9 +489,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_are_rfc_3339_utc_with_milliseconds() {
+    fn timestamps_are_rfc_3339_utc_with_microseconds() {
         let t = now();
-        assert_eq!(t.len(), "2026-02-10T17:00:00.000Z".len(), "{t}");
+        assert_eq!(t.len(), "2026-02-10T17:00:00.000000Z".len(), "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
         assert_eq!(seconds_between(&t, &t), 0);
     }
