@@ -529,6 +529,8 @@ async fn ws_errors(db: Db) {
     }
     a.send_text("not json").await.unwrap();
     assert_eq!(a.recv_json().await.unwrap()["code"], "INVALID_REQUEST");
+    a.send_binary(b"\x00\x01").await.unwrap();
+    assert_eq!(a.recv_json().await.unwrap()["code"], "INVALID_REQUEST");
     // Nobody else was disturbed, and the room still works.
     b.expect_silence(Duration::from_millis(200)).await.unwrap();
     c.expect_silence(Duration::from_millis(50)).await.unwrap();

@@ -33,6 +33,10 @@ impl Protocol for Rooms {
         ws::text(id, &text);
     }
 
+    fn on_binary(id: ConnectionId, _data: Vec<u8>) {
+        ws::binary(id);
+    }
+
     fn on_close(id: ConnectionId, _code: u16) {
         ws::close(id);
     }

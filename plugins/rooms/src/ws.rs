@@ -42,6 +42,11 @@ pub fn text(id: ConnectionId, text: &str) {
     session::save(&state);
 }
 
+/// A binary frame: the protocol is JSON text only (`INVALID_REQUEST`).
+pub fn binary(id: ConnectionId) {
+    conn::send_json(id, &ApiError::invalid("binary frames are not part of this protocol: send JSON text").to_event());
+}
+
 /// The socket closed: every participant it held becomes `disconnected`.
 pub fn close(id: ConnectionId) {
     let state: ConnState = session::load().unwrap_or_default();
