@@ -439,15 +439,19 @@ async fn ws_flow(db: Db) {
 
     // Leave: everyone (the leaver too) sees it; the last one closes the room.
     a.send_json(&json!({"type": "room:leave", "roomId": room, "participantId": pa})).await.unwrap();
+    let stopped = json!({"type": "voice:stream-stopped", "participantId": pa});
     let left = json!({"type": "room:participant-left", "participantId": pa, "reason": "user_left"});
-    assert_eq!(a.recv_json().await.unwrap(), left);
-    assert_eq!(b.recv_json().await.unwrap(), left);
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.recv_json().await.unwrap(), stopped);
+        assert_eq!(c.recv_json().await.unwrap(), left);
+    }
     assert_eq!(room_status(&d, &room).await, "waiting");
     let s = api(&d, "GET", &format!("/sessions/{session_a}"), None).await.body;
     assert_eq!(s["status"], "completed");
     assert!(s["duration"].as_i64().unwrap() >= 0);
     assert_eq!(s["stats"], json!({"avg_latency_ms": 40}));
     b.send_json(&json!({"type": "room:leave", "roomId": room, "participantId": pb})).await.unwrap();
+    assert_eq!(b.recv_json().await.unwrap(), json!({"type": "voice:stream-stopped", "participantId": pb}));
     assert_eq!(
         b.recv_json().await.unwrap(),
         json!({"type": "room:participant-left", "participantId": pb, "reason": "user_left"})
@@ -603,6 +607,7 @@ async fn disconnect_and_resume(db: Db) {
 
     // beta's socket drops: beta is disconnected, alpha is told, the room waits.
     drop(b);
+    assert_eq!(a.recv_json().await.unwrap(), json!({"type": "voice:stream-stopped", "participantId": pb}));
     assert_eq!(
         a.recv_json().await.unwrap(),
         json!({"type": "room:participant-left", "participantId": pb, "reason": "disconnected"})
@@ -629,6 +634,7 @@ async fn disconnect_and_resume(db: Db) {
 
     // Dropped again and not back within the grace period: beta has left for good.
     b.close(1000).await.unwrap();
+    assert_eq!(a.recv_json().await.unwrap()["type"], "voice:stream-stopped");
     assert_eq!(a.recv_json().await.unwrap()["reason"], "disconnected");
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let list = participants(&d, &room).await;

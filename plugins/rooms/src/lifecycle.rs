@@ -149,6 +149,7 @@ pub fn leave(p: &Participant, reason: &str, session_end: &str) -> Result<bool, A
     }
     cancel_timers(&p.id);
     let closed = refresh_room_status(&p.room_id)?;
+    stream_stopped_on_exit(p);
     conn::send_json_to(
         &room_address(&p.room_id),
         &json!({"type": "room:participant-left", "participantId": p.id, "reason": reason}),
@@ -206,11 +207,20 @@ pub fn disconnect(p: &Participant, connection: ConnectionId) -> Result<(), ApiEr
     timers::cancel(&format!("{CONNECT_TIMER}{}", p.id));
     timers::set(&format!("{GRACE_TIMER}{}", p.id), grace_secs.saturating_mul(1000), "", None);
     refresh_room_status(&p.room_id)?;
+    stream_stopped_on_exit(p);
     conn::send_json_to(
         &room_address(&p.room_id),
         &json!({"type": "room:participant-left", "participantId": p.id, "reason": "disconnected"}),
     );
     Ok(())
+}
+
+/// `p` (as it was before leaving or dropping) was streaming, i.e. `connected` and not muted:
+/// the room gets `voice:stream-stopped` before `room:participant-left`.
+fn stream_stopped_on_exit(p: &Participant) {
+    if p.status == participant_status::CONNECTED && !p.muted {
+        conn::send_json_to(&room_address(&p.room_id), &json!({"type": "voice:stream-stopped", "participantId": p.id}));
+    }
 }
 
 /// The grace period of a `disconnected` participant is over: its stay ends (the room was told
