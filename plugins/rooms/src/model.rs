@@ -357,7 +357,8 @@ pub fn live_participants(room_id: &str) -> Result<Vec<Participant>> {
 
 /// Insert a new participant (status `connecting`) and its session (status `active`), unless
 /// `max` is set and the room already holds `max` live participants: then `Ok(false)`.
-/// The capacity check and the insert are one statement, so concurrent joins cannot overfill.
+/// The capacity check and the insert are one statement: on SQLite (serialized writes) concurrent
+/// joins cannot overfill; on PostgreSQL two joins racing for the last seat may both succeed.
 pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
     let params = vec![
         text(&p.id),
