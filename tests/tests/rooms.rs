@@ -760,6 +760,35 @@ async fn crash_restart_resumes(db: Db) {
     expect_error(&mut other, json!({"type": "room:join", "roomId": room, "agentId": "alpha"}), "ALREADY_JOINED").await;
 }
 
+/// Many joins at once for a room of 2: never more than 2 get in, the rest get `ROOM_FULL`.
+async fn concurrent_joins_never_overfill(db: Db) {
+    let d = daemon(db, "").await;
+    let room = field(&create_room(&d, json!({"name": "rush", "settings": {"max_participants": 2}})).await, "id");
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(ws(&d).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_json(&json!({"type": "room:join", "roomId": room, "agentId": format!("rush-{i}")})).await.unwrap();
+    }
+    let mut joined = 0;
+    for c in clients.iter_mut() {
+        // The first answer to each client is its own join's outcome or an earlier joiner's
+        // notice; skip notices.
+        loop {
+            let m = c.recv_json().await.unwrap();
+            match m["type"].as_str() {
+                Some("room:participant-joined") => continue,
+                Some("room:joined") => joined += 1,
+                _ => assert_eq!(m["code"], "ROOM_FULL", "{m}"),
+            }
+            break;
+        }
+    }
+    assert!((1..=2).contains(&joined), "{joined} joined a room of 2");
+    assert_eq!(participants(&d, &room).await.len(), joined);
+}
+
 /// Two rooms never hear each other.
 async fn rooms_are_isolated(db: Db) {
     let d = daemon(db, "").await;
@@ -798,4 +827,5 @@ on_both_backends!(
     rest_and_websocket_together,
     rooms_are_isolated,
     crash_restart_resumes,
+    concurrent_joins_never_overfill,
 );

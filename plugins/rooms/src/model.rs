@@ -357,8 +357,8 @@ pub fn live_participants(room_id: &str) -> Result<Vec<Participant>> {
 
 /// Insert a new participant (status `connecting`) and its session (status `active`), unless
 /// `max` is set and the room already holds `max` live participants: then `Ok(false)`.
-/// The capacity check and the insert are one statement: on SQLite (serialized writes) concurrent
-/// joins cannot overfill; on PostgreSQL two joins racing for the last seat may both succeed.
+/// The capacity check and the insert are one statement, and the count is checked again after
+/// the insert, so concurrent joins never overfill a room on either backend.
 pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
     let params = vec![
         text(&p.id),
@@ -380,6 +380,15 @@ pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
         &params,
     )?;
     if inserted == 0 {
+        return Ok(false);
+    }
+    // Joins racing for the last seat can both pass the check on PostgreSQL (READ COMMITTED):
+    // whoever then sees the room over capacity backs out, so a room is never overfilled (in
+    // that rare race both may back out).
+    if let Some(max) = max
+        && count_live(&p.room_id)? > max
+    {
+        execute("DELETE FROM room_participants WHERE id = $1", &[text(&p.id)])?;
         return Ok(false);
     }
     execute(
