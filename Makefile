@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test chat
+PLUGINS := signaling fault-test chat rooms
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
@@ -31,9 +31,10 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build
-	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat
+	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms
 	$(CARGO) test --release -p gatewayd-signaling --lib
 	$(CARGO) test --release -p gatewayd-chat --lib
+	$(CARGO) test --release -p gatewayd-rooms --lib
 
 lint:
 	$(CARGO) fmt --all --check

@@ -8,6 +8,7 @@
 //! - `dispatch`: the cost of one plugin event inside the runtime, without the network;
 //! - `reload-latency`, `reload-dispatch`: hot reload as clients and as the runtime see it.
 //! - `chat`: chat fan-out with persistence over many visitor/agent sessions.
+//! - `rooms`: ICE-candidate relays through many rooms, reporting the rate and latency percentiles.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
@@ -15,6 +16,7 @@ mod chat;
 mod dispatch;
 mod reload;
 mod report;
+mod rooms;
 mod signaling;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +54,8 @@ enum Command {
     ReloadDispatch(reload::DispatchArgs),
     /// Chat fan-out: `sessions` visitor/agent sessions, `rate` stored-and-broadcast messages/s.
     Chat(chat::ChatArgs),
+    /// Rooms load: ICE-candidate relays in `rooms` rooms of `participants` participants.
+    Rooms(rooms::RoomsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Command::ReloadLatency(a) => reload::latency(a).await,
             Command::ReloadDispatch(a) => reload::dispatch(a).await,
             Command::Chat(a) => chat::run(a).await,
+            Command::Rooms(a) => rooms::run(a).await,
         }
     })
 }

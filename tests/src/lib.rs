@@ -120,6 +120,8 @@ pub struct DaemonOptions {
     pub signaling_file: Option<PathBuf>,
     /// Extra environment variables for the daemon process.
     pub env: Vec<(String, String)>,
+    /// `[plugins.rooms.config]` body (the rooms listener is always on, see [`Daemon::rooms_addr`]).
+    pub rooms_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -133,6 +135,7 @@ impl Default for DaemonOptions {
             fault_test_file: None,
             signaling_file: None,
             env: Vec::new(),
+            rooms_config: String::new(),
         }
     }
 }
@@ -145,6 +148,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
+    /// The rooms listener: REST under `/api/v1`, WebSocket at `/ws`.
+    pub rooms_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     _pg: Option<PgDatabase>,
 }
@@ -181,6 +186,7 @@ impl Daemon {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let rooms_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let (url, pg) = match opts.db {
             Db::Sqlite => ("sqlite://gatewayd.db".to_string(), None),
             Db::Postgres => {
@@ -242,6 +248,7 @@ memory_mb = 16
 [plugins.fault-test.config]
 fail_init = false
 
+{rooms}
 {extra}
 "#,
             state = dir.path().join("state").display(),
@@ -251,10 +258,12 @@ fail_init = false
             sigconf = opts.signaling_config,
             extra = opts.extra_toml,
             auth_extra = opts.auth_extra,
+            rooms = rooms_toml(rooms_addr, &opts.rooms_config),
         );
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config)?;
-        let mut daemon = Daemon { child: None, dir, config_path, addr, admin_addr, logs: Arc::default(), _pg: pg };
+        let mut daemon =
+            Daemon { child: None, dir, config_path, addr, admin_addr, rooms_addr, logs: Arc::default(), _pg: pg };
         daemon.spawn(&opts.env)?;
         daemon.wait_ready().await?;
         Ok(daemon)
@@ -349,10 +358,99 @@ fail_init = false
         self.wait_ready().await
     }
 
+    /// Kill the process with SIGKILL (no shutdown work at all), then start it again on the same
+    /// config, database and ports, and wait until it is ready.
+    pub async fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        self.logs.lock().unwrap().clear();
+        self.spawn(&[])?;
+        self.wait_ready().await
+    }
+
     /// Is the process still alive?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
+}
+
+/// The rooms listener, routes and plugin of a test config (like `config/gatewayd.toml`).
+fn rooms_toml(addr: SocketAddr, config: &str) -> String {
+    format!(
+        r#"
+[listeners.rooms]
+address = "{addr}"
+max_message_bytes = 65536
+
+[[routes]]
+listener = "rooms"
+path = "/api/v1"
+prefix = true
+kind = "http"
+plugin = "rooms"
+auth = "optional"
+
+[[routes]]
+listener = "rooms"
+path = "/ws"
+kind = "websocket"
+plugin = "rooms"
+auth = "optional"
+
+[plugins.rooms]
+file = "{file}"
+[plugins.rooms.capabilities]
+store = "read-write"
+[plugins.rooms.limits]
+event_timeout_ms = 2000
+[plugins.rooms.config]
+{config}
+"#,
+        file = plugin_file("rooms").display(),
+    )
+}
+
+/// An HTTP answer: status and the body parsed as JSON (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// A real HTTP/1.1 request with hyper's client to `addr`: `method path`, an optional bearer
+/// token and an optional JSON body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> Result<HttpAnswer> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("Host", addr.to_string());
+    if let Some(t) = bearer {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let payload = match body {
+        Some(v) => {
+            req = req.header("Content-Type", "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let resp = sender.send_request(req.body(http_body_util::Full::new(payload))?).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&bytes)))?
+    };
+    Ok(HttpAnswer { status, body })
 }
 
 impl Drop for Daemon {
@@ -530,4 +628,20 @@ impl Client {
             Ok(m) => bail!("expected silence, got {m:?}"),
         }
     }
+}
+
+/// Define `sqlite::<case>` and `postgres::<case>` tests for each `async fn <case>(db: Db)` in
+/// the calling file.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::Db::Postgres).await })*
+        }
+    };
 }

@@ -582,21 +582,6 @@ async fn no_loss_across_sigterm(db: Db) {
     assert_eq!(v.recv_json().await.unwrap()["content"], "after");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(Db::Sqlite).await })*
-        }
-        mod postgres {
-            use super::*;
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(Db::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     spec_flow,
     close_codes,

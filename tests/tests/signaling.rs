@@ -473,19 +473,6 @@ async fn invite_times_out(db: Db) {
     );
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(gatewayd_e2e::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(gatewayd_e2e::Db::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     spec_flow,
     invite_agent_by_user_id,

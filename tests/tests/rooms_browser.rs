@@ -1,0 +1,250 @@
+//! rooms.md in real browsers: two headless Chromium pages (Debian's `chromium`, driven by
+//! `chromedriver` over the WebDriver protocol with plain HTTP) open the rooms WebSocket through
+//! the real gateway, join one room, exchange offer/answer/ICE through it and reach ICE
+//! `connected`/`completed` with fake audio devices. Then one leaves (the other sees
+//! `room:participant-left`) and the last one leaving gets `room:closed`.
+//!
+//! Needs `chromium` and `chromium-driver` (`.ci/run` installs them); fails when they are missing.
+
+use gatewayd_e2e::*;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PAGE: &str = include_str!("../assets/rooms_page.html");
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A `chromedriver` process, killed on drop.
+struct Driver {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(bin).is_file(),
+                "{bin} is missing: install it with `apt-get install -y chromium chromium-driver` (.ci/run does)"
+            );
+        }
+        let port = free_port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let driver = Driver { child, addr };
+        for _ in 0..100 {
+            if let Ok(r) = http_request(addr, "GET", "/status", None, None).await
+                && r.body["value"]["ready"] == true
+            {
+                return driver;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not become ready on {addr}");
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = http_request(self.addr, method, path, None, body.as_ref()).await.expect("webdriver request");
+        assert_eq!(r.status, 200, "webdriver {method} {path}: {}", r.body);
+        r.body["value"].clone()
+    }
+
+    /// A new headless Chromium with fake audio devices and its own profile directory.
+    async fn browser(&self, profile: &std::path::Path) -> Page<'_> {
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--user-data-dir={}", profile.display())])
+        .collect::<Vec<_>>();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        }}});
+        let v = self.call("POST", "/session", Some(caps)).await;
+        Page { driver: self, session: v["sessionId"].as_str().expect("sessionId").to_string() }
+    }
+}
+
+/// One browser session showing the test page.
+struct Page<'a> {
+    driver: &'a Driver,
+    session: String,
+}
+
+impl Page<'_> {
+    async fn goto(&self, url: &str) {
+        self.driver.call("POST", &format!("/session/{}/url", self.session), Some(json!({"url": url}))).await;
+    }
+
+    async fn run(&self, script: &str, args: Value) -> Value {
+        self.driver
+            .call(
+                "POST",
+                &format!("/session/{}/execute/sync", self.session),
+                Some(json!({"script": script, "args": args})),
+            )
+            .await
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        self.run("return window.events;", json!([])).await.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait (up to 30 s) until an event satisfies `pred`; fails with the page's events.
+    async fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.events().await;
+            if let Some(e) = events.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(Instant::now() < deadline, "no {what} within 30 s; page events: {events:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait (up to 30 s) for ICE `connected` or `completed`.
+    async fn wait_ice_connected(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = self.run("return window.ice;", json!([])).await.as_str().unwrap_or("").to_string();
+            if state == "connected" || state == "completed" {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline && state != "failed",
+                "ICE state {state} after 30 s; page events: {:?}",
+                self.events().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn close(self) {
+        self.driver.call("DELETE", &format!("/session/{}", self.session), None).await;
+    }
+}
+
+/// Serve the test page on a loopback port (any path) until the test ends.
+async fn serve_page() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                    if read == buf.len() {
+                        return;
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    PAGE.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(PAGE.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_connect_through_a_room() {
+    let d = Daemon::start(DaemonOptions::default()).await.expect("daemon starts");
+    let created = http_request(
+        d.rooms_addr,
+        "POST",
+        "/api/v1/rooms",
+        Some(&agent_token(json!(1))),
+        Some(&json!({"name": "browser", "settings": {"max_participants": 2}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status, 201);
+    let room = created.body["id"].as_str().unwrap().to_string();
+    let page_url = format!("http://{}/rooms.html", serve_page().await);
+    let ws_url = format!("ws://{}/ws", d.rooms_addr);
+
+    let driver = Driver::start().await;
+    let profiles = tempdir::TempDir::new("gatewayd-chromium");
+    let alpha = driver.browser(&profiles.path().join("alpha")).await;
+    let beta = driver.browser(&profiles.path().join("beta")).await;
+    for p in [&alpha, &beta] {
+        p.goto(&page_url).await;
+    }
+
+    alpha.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url, room, "alpha"])).await;
+    let ja = alpha.wait_event("room:joined", |e| e["type"] == "room:joined").await;
+    beta.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url, room, "beta"])).await;
+    let jb = beta.wait_event("room:joined", |e| e["type"] == "room:joined").await;
+    let (pa, pb) = (ja["participantId"].clone(), jb["participantId"].clone());
+
+    // alpha offers to beta on room:participant-joined; the answer and ICE go back through the
+    // gateway until both peers are connected.
+    let offer = beta.wait_event("webrtc:offer", |e| e["type"] == "webrtc:offer").await;
+    assert_eq!(offer["fromParticipantId"], pa);
+    assert!(offer["offer"]["sdp"].as_str().unwrap().contains("m=audio"));
+    let answer = alpha.wait_event("webrtc:answer", |e| e["type"] == "webrtc:answer").await;
+    assert_eq!(answer["fromParticipantId"], pb);
+    let a_state = alpha.wait_ice_connected().await;
+    let b_state = beta.wait_ice_connected().await;
+    eprintln!("ICE: alpha {a_state}, beta {b_state}");
+    for p in [&alpha, &beta] {
+        let candidate = p.wait_event("webrtc:ice-candidate", |e| e["type"] == "webrtc:ice-candidate").await;
+        assert!(candidate["candidate"]["candidate"].as_str().unwrap().starts_with("candidate:"));
+    }
+    let listed =
+        http_request(d.rooms_addr, "GET", &format!("/api/v1/rooms/{room}"), Some(&agent_token(json!(1))), None)
+            .await
+            .unwrap();
+    assert_eq!(listed.body["status"], "active");
+
+    // alpha leaves: beta sees it. beta, the last one, leaves: the room closes.
+    alpha.run("window.leave();", json!([])).await;
+    let left = beta.wait_event("room:participant-left", |e| e["type"] == "room:participant-left").await;
+    assert_eq!(left, json!({"type": "room:participant-left", "participantId": pa, "reason": "user_left"}));
+    beta.run("window.leave();", json!([])).await;
+    let closed = beta.wait_event("room:closed", |e| e["type"] == "room:closed").await;
+    assert_eq!(closed, json!({"type": "room:closed", "roomId": room, "reason": "all_participants_left"}));
+    for p in [&alpha, &beta] {
+        let errors: Vec<Value> =
+            p.events().await.into_iter().filter(|e| e["type"] == "page-error" || e["type"] == "room:error").collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    alpha.close().await;
+    beta.close().await;
+}
