@@ -31,7 +31,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     tracing::info!(backend = ?store.backend(), "storage ready");
     let bus = Arc::new(Bus::new());
-    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt: jwt.clone() });
+    let media = Arc::new(crate::media::MediaEngine::new(bus.clone()));
+    for (name, p) in &config.plugins {
+        let settings = crate::media::PluginMedia {
+            recordings_dir: p.media.recordings_dir.clone(),
+            record_calls: p.media.record_calls,
+        };
+        media.configure_plugin(name, &p.media.files, settings).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt: jwt.clone(), media });
     let runtime = Runtime::load(&config.plugins, services).await?;
     let server = Server::bind(&config, &runtime, jwt, bus.clone()).await?;
     tracing::info!(listeners = ?server.local_addrs(), "gatewayd ready");

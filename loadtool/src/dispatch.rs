@@ -31,7 +31,8 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     )?;
     let bus = Arc::new(Bus::new());
     let jwt = Arc::new(gatewayd::auth::JwtVerifier::new(&config.auth)?);
-    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt });
+    let media = Arc::new(gatewayd::media::MediaEngine::new(bus.clone()));
+    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt, media });
     let runtime = Runtime::load(&config.plugins, services).await?;
     let plugin = runtime.plugin("signaling").expect("loaded").clone();
 

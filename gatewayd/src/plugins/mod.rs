@@ -43,6 +43,8 @@ pub enum Event {
     Close(ConnId, u16),
     Timer { key: String, payload: String },
     Http(HttpRequest),
+    /// A media event of a call on a media route.
+    Media(ConnId, crate::media::MediaEvent),
 }
 
 /// Why an event did not complete. The daemon and other sessions are unaffected.
@@ -82,6 +84,8 @@ pub struct Services {
     pub bus: Arc<Bus>,
     pub store: Option<Store>,
     pub jwt: Arc<crate::auth::JwtVerifier>,
+    /// The media engine (calls on media routes).
+    pub media: Arc<crate::media::MediaEngine>,
 }
 
 /// One compiled, linked and initialised version of a plugin.
@@ -207,6 +211,11 @@ impl Plugin {
         &self.name
     }
 
+    /// The daemon services the plugin runs with.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
     async fn init(self: &Arc<Self>) -> anyhow::Result<()> {
         let version = self.current.read().clone();
         let mut warm = self.instantiate(&version).await.map_err(|f| anyhow::anyhow!("{f}"))?;
@@ -261,6 +270,7 @@ impl Plugin {
             Event::Close(id, code) => handler.call_on_close(store, id, code).await.map(|_| None),
             Event::Timer { key, payload } => handler.call_on_timer(store, &key, &payload).await.map(|_| None),
             Event::Http(req) => handler.call_on_http(store, &req).await.map(Some),
+            Event::Media(id, event) => handler.call_on_media(store, id, &to_wit_media(event)).await.map(|_| None),
         };
         let session = warm.store.data_mut().end();
         match result {
@@ -297,6 +307,16 @@ impl Plugin {
             self.services.bus.send(conn, Outbound::Text(message.to_string().into()));
         }
         result.map(|_| ())
+    }
+}
+
+fn to_wit_media(event: crate::media::MediaEvent) -> bindings::gatewayd::plugin::media::MediaEvent {
+    use bindings::gatewayd::plugin::media::MediaEvent as Wit;
+    use crate::media::MediaEvent;
+    match event {
+        MediaEvent::Mark(name) => Wit::Mark(name),
+        MediaEvent::PlayFinished => Wit::PlayFinished,
+        MediaEvent::FrameRejected(reason) => Wit::FrameRejected(reason),
     }
 }
 

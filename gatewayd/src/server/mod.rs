@@ -30,6 +30,8 @@ struct Route {
     kind: RouteKind,
     auth: AuthMode,
     plugin: Arc<Plugin>,
+    /// Wire audio format of a media route.
+    media: Option<crate::media::format::Format>,
 }
 
 impl Route {
@@ -73,6 +75,7 @@ impl Server {
                     kind: r.kind,
                     auth: r.auth,
                     plugin: runtime.plugin(&r.plugin).expect("validated: route plugin exists").clone(),
+                    media: r.media.map(|m| m.format().expect("validated: media format")),
                 })
                 .collect();
             let socket = TcpListener::bind(l.address)
@@ -201,6 +204,7 @@ async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Liste
                 remote_addr: remote.to_string(),
                 max_message_bytes: listener.config.max_message_bytes,
                 send_queue_frames: listener.config.send_queue_frames,
+                media: route.media,
             };
             tokio::spawn(websocket::serve(upgrade, accepted, route.plugin.clone(), listener.bus.clone()));
             let (mut parts, _) = response.into_parts();
