@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test
+PLUGINS := signaling fault-test ivr ivr-menu
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
@@ -28,8 +28,9 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build
-	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test
+	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol
 	$(CARGO) test --release -p gatewayd-signaling --lib
+	$(CARGO) test --release -p gatewayd-ivr-protocol --lib
 
 lint:
 	$(CARGO) fmt --all --check
