@@ -5,11 +5,13 @@
 //! - `invites`: open-loop invite load over many agent/guest pairs, reporting the achieved rate
 //!   and invite -> ring latency percentiles;
 //! - `idle`: hold many idle connections and report the daemon's resident memory per connection;
-//! - `dispatch`: the cost of one plugin event inside the runtime, without the network.
+//! - `dispatch`: the cost of one plugin event inside the runtime, without the network;
+//! - `ivr`: N concurrent IVR calls in echo mode: frame delay, late frames, CPU and memory per call.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
 mod dispatch;
+mod ivr;
 mod report;
 mod signaling;
 
@@ -42,6 +44,9 @@ enum Command {
     Idle(signaling::IdleArgs),
     /// Plugin dispatch cost per event, measured inside the runtime.
     Dispatch(dispatch::DispatchArgs),
+    /// IVR media load: N concurrent echo calls; the largest N with frame delay p99 <= 20 ms
+    /// and no late frames.
+    Ivr(ivr::IvrArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             Command::Invites(a) => signaling::invites(a).await,
             Command::Idle(a) => signaling::idle(a).await,
             Command::Dispatch(a) => dispatch::run(a).await,
+            Command::Ivr(a) => ivr::run(a).await,
         }
     })
 }

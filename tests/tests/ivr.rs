@@ -82,7 +82,8 @@ option2 = "{p}/option2.wav"
             menu_file = plugin_file("ivr-menu").display(),
             p = prompts.display(),
         );
-        let daemon = Daemon::start(DaemonOptions { extra_toml: extra, ..Default::default() }).await.expect("daemon starts");
+        let daemon =
+            Daemon::start(DaemonOptions { extra_toml: extra, ..Default::default() }).await.expect("daemon starts");
         Ivr { _daemon: daemon, port }
     }
 
@@ -188,7 +189,9 @@ async fn mulaw_route_echoes_160_byte_frames() {
     let ivr = Ivr::start(QUIET, "", "").await;
     let mut c = ivr.call("/pcmu").await;
     // Every mu-law code but 0x7F (negative zero, which decodes to the same sample as 0xFF).
-    let frames: Vec<Vec<u8>> = (0..10).map(|n| (0..160).map(|i| ((n * 160 + i) % 255) as u8).map(|b| if b == 0x7F { 0xFF } else { b }).collect()).collect();
+    let frames: Vec<Vec<u8>> = (0..10)
+        .map(|n| (0..160).map(|i| ((n * 160 + i) % 255) as u8).map(|b| if b == 0x7F { 0xFF } else { b }).collect())
+        .collect();
     for f in &frames {
         c.send_binary(f).await.unwrap();
     }
@@ -218,7 +221,10 @@ async fn outgoing_frames_are_paced_at_50_per_second() {
     let mut sorted = gaps.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    eprintln!("pacing: span {span:.1} ms over 49 gaps, median gap {median:.2} ms, min {:.2}, max {:.2}", sorted[0], sorted[48]);
+    eprintln!(
+        "pacing: span {span:.1} ms over 49 gaps, median gap {median:.2} ms, min {:.2}, max {:.2}",
+        sorted[0], sorted[48]
+    );
     // 49 gaps of 20 ms: 980 ms. Never a burst: most gaps are one frame.
     assert!((940.0..=1060.0).contains(&span), "span {span:.1} ms");
     assert!((18.0..=22.0).contains(&median), "median gap {median:.2} ms");

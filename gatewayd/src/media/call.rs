@@ -5,13 +5,13 @@
 //! per call) and the caller's frames (bounded; a frame that finds it full is dropped and
 //! counted). Commands are served first, so `clear` takes effect before the next slot.
 
+use super::MediaEvent;
 use super::codec::Codec;
 use super::format::{FRAME, Format};
 use super::pacer::Pacer;
 use super::playout::{PlayQueue, Reached};
 use super::recording::Recorder;
 use super::stats::CallStats;
-use super::MediaEvent;
 use crate::bus::{Bus, ConnId, Outbound};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -63,6 +63,7 @@ impl CallTask {
         let mut to_record: VecDeque<i16> = VecDeque::new();
         let (mut pcm, mut out, mut reached) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
         let mut pacer = Pacer::new(Instant::now() + FRAME);
+        let mut delays = DelayHistogram::default();
         let sleep = tokio::time::sleep_until(pacer.deadline());
         tokio::pin!(sleep);
         loop {
@@ -90,7 +91,9 @@ impl CallTask {
                     }
                 },
                 _ = &mut sleep => {
-                    self.tick(&mut pacer, &mut queue, &mut echo_buf, &mut to_record, &mut out, &mut reached);
+                    if let Some(delay) = self.tick(&mut pacer, &mut queue, &mut echo_buf, &mut to_record, &mut out, &mut reached) {
+                        delays.record(delay);
+                    }
                     sleep.as_mut().reset(pacer.deadline());
                 }
                 frame = self.frames.recv() => match frame {
@@ -120,15 +123,24 @@ impl CallTask {
         }
         let s = self.stats.snapshot();
         tracing::info!(
-            conn = self.id, frames_in = s.frames_in, frames_out = s.frames_out, bytes_in = s.bytes_in,
-            bytes_out = s.bytes_out, late_frames = s.late_frames, skipped_slots = s.skipped_slots,
-            dropped_frames = s.dropped_frames, rejected_frames = s.rejected_frames, max_delay_us = s.max_delay_us,
+            conn = self.id,
+            frames_in = s.frames_in,
+            frames_out = s.frames_out,
+            bytes_in = s.bytes_in,
+            bytes_out = s.bytes_out,
+            late_frames = s.late_frames,
+            skipped_slots = s.skipped_slots,
+            dropped_frames = s.dropped_frames,
+            rejected_frames = s.rejected_frames,
+            max_delay_us = s.max_delay_us,
+            p99_delay_ms = delays.quantile_ms(0.99),
             "media call ended"
         );
     }
 
     /// One 20 ms slot: mix the next queued frame with the next echoed one, send it, record
-    /// both directions, then report the marks the sent audio has reached.
+    /// both directions, then report the marks the sent audio has reached. Returns the sent
+    /// frame's delay behind its slot, when a frame was sent.
     fn tick(
         &mut self,
         pacer: &mut Pacer,
@@ -137,9 +149,10 @@ impl CallTask {
         to_record: &mut VecDeque<i16>,
         out: &mut Vec<i16>,
         reached: &mut Vec<Reached>,
-    ) {
+    ) -> Option<std::time::Duration> {
         let n = self.format.frame_samples();
         let tick = pacer.tick(Instant::now());
+        let mut sent = None;
         let played = queue.next_frame(out);
         if let Some(e) = echo_buf.pop_front() {
             if played {
@@ -159,6 +172,7 @@ impl CallTask {
                 CallStats::add(&s.late_frames, tick.late as u64);
                 CallStats::add(&s.skipped_slots, tick.skipped as u64);
                 s.max_delay_us.fetch_max(tick.delay.as_micros() as u64, Relaxed);
+                sent = Some(tick.delay);
             }
         }
         if let Some(r) = self.recorder.as_mut() {
@@ -175,5 +189,39 @@ impl CallTask {
             };
             let _ = self.events.send(event);
         }
+        sent
+    }
+}
+
+/// Delays of a call's sent frames behind their slots, in 1 ms buckets (the last one holds
+/// everything from 63 ms up).
+pub struct DelayHistogram {
+    buckets: [u32; 64],
+    count: u32,
+}
+
+impl Default for DelayHistogram {
+    fn default() -> Self {
+        DelayHistogram { buckets: [0; 64], count: 0 }
+    }
+}
+
+impl DelayHistogram {
+    pub fn record(&mut self, delay: std::time::Duration) {
+        self.buckets[(delay.as_millis() as usize).min(63)] += 1;
+        self.count += 1;
+    }
+
+    /// The upper bound, in ms, of the bucket holding quantile `q` (0 when nothing was sent).
+    pub fn quantile_ms(&self, q: f64) -> u32 {
+        let target = (self.count as f64 * q).ceil() as u32;
+        let mut seen = 0;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target && seen > 0 {
+                return ms as u32 + 1;
+            }
+        }
+        0
     }
 }

@@ -72,7 +72,8 @@ impl Codec {
                 let packet = audiopus::packet::Packet::try_from(frame).map_err(|e| CodecError::Opus(e.to_string()))?;
                 // Room for the longest Opus frame (120 ms) so odd packets decode, then keep 20 ms.
                 out.resize(samples * 6, 0);
-                let signals = audiopus::MutSignals::try_from(&mut out[..]).map_err(|e| CodecError::Opus(e.to_string()))?;
+                let signals =
+                    audiopus::MutSignals::try_from(&mut out[..]).map_err(|e| CodecError::Opus(e.to_string()))?;
                 let n = decoder.decode(Some(packet), signals, false).map_err(|e| CodecError::Opus(e.to_string()))?;
                 out.truncate(n.min(samples));
                 out.resize(samples, 0);

@@ -196,7 +196,7 @@ impl MediaEngine {
         let samples: Vec<i16> = match CodecName::parse(codec) {
             Some(CodecName::Pcmu) => audio.iter().map(|&b| codec::ulaw_to_linear(b)).collect(),
             Some(CodecName::Pcma) => audio.iter().map(|&b| codec::alaw_to_linear(b)).collect(),
-            Some(CodecName::L16) if audio.len() % 2 == 0 => {
+            Some(CodecName::L16) if audio.len().is_multiple_of(2) => {
                 audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
             }
             Some(CodecName::L16) => return Err("l16 audio must have an even number of bytes".into()),

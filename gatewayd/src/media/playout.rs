@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 enum Item {
     /// A clip at the session rate and how far it has been played.
-    Audio { samples: Arc<[i16]>, pos: usize },
+    Audio {
+        samples: Arc<[i16]>,
+        pos: usize,
+    },
     Mark(String),
 }
 

@@ -15,7 +15,12 @@ pub struct Recorder {
 impl Recorder {
     /// Create `path` for a call at `rate` Hz.
     pub fn create(path: &Path, rate: u32) -> Result<Recorder, String> {
-        let spec = hound::WavSpec { channels: 2, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let writer = hound::WavWriter::create(path, spec).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Recorder { writer: Some(writer), path: path.to_path_buf() })
     }

@@ -33,7 +33,9 @@ mod tests {
     use std::f64::consts::PI;
 
     fn tone(freq: f64, rate: u32, seconds: f64) -> Vec<i16> {
-        (0..(rate as f64 * seconds) as usize).map(|i| (10000.0 * (2.0 * PI * freq * i as f64 / rate as f64).sin()) as i16).collect()
+        (0..(rate as f64 * seconds) as usize)
+            .map(|i| (10000.0 * (2.0 * PI * freq * i as f64 / rate as f64).sin()) as i16)
+            .collect()
     }
 
     /// Amplitude of `freq` in `x` (single-bin DFT over the middle of the clip), relative to 10000.

@@ -311,8 +311,8 @@ impl Plugin {
 }
 
 fn to_wit_media(event: crate::media::MediaEvent) -> bindings::gatewayd::plugin::media::MediaEvent {
-    use bindings::gatewayd::plugin::media::MediaEvent as Wit;
     use crate::media::MediaEvent;
+    use bindings::gatewayd::plugin::media::MediaEvent as Wit;
     match event {
         MediaEvent::Mark(name) => Wit::Mark(name),
         MediaEvent::PlayFinished => Wit::PlayFinished,

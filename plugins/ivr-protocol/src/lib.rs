@@ -35,8 +35,14 @@ impl ProtocolError {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Wire {
     #[serde(rename_all = "camelCase")]
-    IncomingCall { caller_id: String, did_number: String, session_id: String },
-    Dtmf { digit: String },
+    IncomingCall {
+        caller_id: String,
+        did_number: String,
+        session_id: String,
+    },
+    Dtmf {
+        digit: String,
+    },
     Hangup {},
 }
 
@@ -58,8 +64,8 @@ pub fn parse(text: &str, in_call: bool) -> Result<ClientEvent, ProtocolError> {
     if !matches!(event.as_str(), "incoming_call" | "dtmf" | "hangup") {
         return Err(ProtocolError::new("unknown_event", format!("unknown event `{event}`")));
     }
-    let wire: Wire = serde_json::from_value(value)
-        .map_err(|e| ProtocolError::new("invalid_message", format!("`{event}`: {e}")))?;
+    let wire: Wire =
+        serde_json::from_value(value).map_err(|e| ProtocolError::new("invalid_message", format!("`{event}`: {e}")))?;
     let parsed = match wire {
         Wire::IncomingCall { caller_id, did_number, session_id } => {
             ClientEvent::IncomingCall { caller_id, did_number, session_id }
@@ -136,9 +142,13 @@ mod tests {
         let call = r#"{"event":"incoming_call","callerId":"+1555","didNumber":"+1800","sessionId":"s1"}"#;
         assert_eq!(
             parse(call, false),
-            Ok(ClientEvent::IncomingCall { caller_id: "+1555".into(), did_number: "+1800".into(), session_id: "s1".into() })
+            Ok(ClientEvent::IncomingCall {
+                caller_id: "+1555".into(),
+                did_number: "+1800".into(),
+                session_id: "s1".into()
+            })
         );
-        assert_eq!(parse(r#"{"event":"dtmf","digit":"#"}"#, true), Ok(ClientEvent::Dtmf { digit: '#' }));
+        assert_eq!(parse(r##"{"event":"dtmf","digit":"#"}"##, true), Ok(ClientEvent::Dtmf { digit: '#' }));
         assert_eq!(parse(r#"{"event":"hangup"}"#, true), Ok(ClientEvent::Hangup));
     }
 
@@ -152,7 +162,10 @@ mod tests {
         assert_eq!(code(r#"{"event":"dtmf","digit":"12"}"#, true), "invalid_digit");
         assert_eq!(code(r#"{"event":"dtmf","digit":1}"#, true), "invalid_message");
         assert_eq!(code(r#"{"event":"dtmf","digit":"1"}"#, false), "no_call");
-        assert_eq!(code(r#"{"event":"incoming_call","callerId":"a","didNumber":"b","sessionId":"c"}"#, true), "already_in_call");
+        assert_eq!(
+            code(r#"{"event":"incoming_call","callerId":"a","didNumber":"b","sessionId":"c"}"#, true),
+            "already_in_call"
+        );
         assert_eq!(code(r#"{"event":"incoming_call","callerId":"a"}"#, false), "invalid_message");
     }
 

@@ -7,8 +7,8 @@
 //! the JSON events, its timers and media events. The wire format and the error answers are in
 //! `gatewayd-ivr-protocol`, shared with custom IVR plugins.
 
-use gatewayd_plugin::{ConnectionId, MediaEvent, Protocol, config, log, media, session, timers};
 use gatewayd_ivr_protocol::{self as protocol, ClientEvent, ProtocolError};
+use gatewayd_plugin::{ConnectionId, MediaEvent, Protocol, config, log, media, session, timers};
 use serde::{Deserialize, Serialize};
 
 /// `[plugins.ivr.config]`.
