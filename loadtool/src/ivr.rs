@@ -24,13 +24,10 @@
 
 use crate::report::{Latencies, rss_kib};
 use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
-use http_body_util::Empty;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 const FRAME_BYTES: usize = 320;
 const FRAME: Duration = Duration::from_millis(20);
@@ -224,35 +221,14 @@ type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Connect, send `incoming_call`, wait for `answer`.
 async fn answered_call(url: &str) -> anyhow::Result<Ws> {
-    let uri: hyper::Uri = url.parse()?;
-    let host = uri.host().ok_or_else(|| anyhow!("no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host.as_str(), port)).await?;
-    stream.set_nodelay(true)?;
-    let req = hyper::Request::builder()
-        .method("GET")
-        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-        .header("Host", format!("{host}:{port}"))
-        .header("Upgrade", "websocket")
-        .header("Connection", "upgrade")
-        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
-        .header("Sec-WebSocket-Version", "13")
-        .body(Empty::<Bytes>::new())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn.with_upgrades());
-    let resp = sender.send_request(req).await?;
-    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        bail!("handshake refused: {}", resp.status());
-    }
-    let mut ws = WebSocket::after_handshake(TokioIo::new(hyper::upgrade::on(resp).await?), Role::Client);
-    ws.set_auto_pong(true);
+    let mut c = gatewayd_e2e::Client::connect(url).await?;
     let call = serde_json::json!({"event": "incoming_call", "callerId": "+15550000000", "didNumber": "+18005550100", "sessionId": uuid::Uuid::new_v4().to_string()});
-    ws.write_frame(Frame::text(Payload::Owned(call.to_string().into_bytes()))).await?;
-    let f = ws.read_frame().await?;
-    if f.opcode != OpCode::Text || !String::from_utf8_lossy(&f.payload).contains("answer") {
-        bail!("expected answer, got {:?}", String::from_utf8_lossy(&f.payload));
+    c.send_json(&call).await?;
+    let answer = c.recv_json().await?;
+    if answer["event"] != "answer" {
+        bail!("expected answer, got {answer}");
     }
-    Ok(ws)
+    Ok(c.into_websocket())
 }
 
 /// Stream `frames` frames from `first` on, one per 20 ms, and collect the echoes.

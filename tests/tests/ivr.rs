@@ -30,38 +30,7 @@ impl Ivr {
 address = "127.0.0.1:{port}"
 max_message_bytes = 4096
 
-[[routes]]
-listener = "ivr"
-path = "/"
-kind = "websocket"
-plugin = "ivr"
-auth = "none"
-media = {{ codec = "l16", rate = 8000 }}
-
-[[routes]]
-listener = "ivr"
-path = "/pcmu"
-kind = "websocket"
-plugin = "ivr"
-auth = "none"
-media = {{ codec = "pcmu", rate = 8000 }}
-
-[[routes]]
-listener = "ivr"
-path = "/wide"
-kind = "websocket"
-plugin = "ivr"
-auth = "none"
-media = {{ codec = "l16", rate = 16000 }}
-
-[[routes]]
-listener = "ivr"
-path = "/menu"
-kind = "websocket"
-plugin = "ivr-menu"
-auth = "none"
-media = {{ codec = "l16", rate = 8000 }}
-
+{routes}
 [plugins.ivr]
 file = "{ivr_file}"
 [plugins.ivr.config]
@@ -78,6 +47,12 @@ greeting = "{p}/greeting.wav"
 option1 = "{p}/option1.wav"
 option2 = "{p}/option2.wav"
 "#,
+            routes = [("/", "ivr", "l16", 8000), ("/pcmu", "ivr", "pcmu", 8000), ("/wide", "ivr", "l16", 16000), ("/menu", "ivr-menu", "l16", 8000)]
+                .iter()
+                .map(|(path, plugin, codec, rate)| {
+                    format!("[[routes]]\nlistener = \"ivr\"\npath = \"{path}\"\nkind = \"websocket\"\nplugin = \"{plugin}\"\nauth = \"none\"\nmedia = {{ codec = \"{codec}\", rate = {rate} }}\n")
+                })
+                .collect::<String>(),
             ivr_file = plugin_file("ivr").display(),
             menu_file = plugin_file("ivr-menu").display(),
             p = prompts.display(),
