@@ -225,3 +225,23 @@ impl DelayHistogram {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DelayHistogram;
+    use std::time::Duration;
+
+    #[test]
+    fn delay_quantiles_are_bucket_upper_bounds() {
+        let mut h = DelayHistogram::default();
+        assert_eq!(h.quantile_ms(0.99), 0);
+        for _ in 0..99 {
+            h.record(Duration::from_micros(300));
+        }
+        h.record(Duration::from_millis(45));
+        assert_eq!(h.quantile_ms(0.99), 1);
+        assert_eq!(h.quantile_ms(1.0), 46);
+        h.record(Duration::from_secs(2));
+        assert_eq!(h.quantile_ms(1.0), 64, "the last bucket holds everything from 63 ms");
+    }
+}

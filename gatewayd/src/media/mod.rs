@@ -283,3 +283,22 @@ fn check_size(format: Format, len: usize) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_are_checked_per_format() {
+        let l16 = Format::new(CodecName::L16, 8000).unwrap();
+        assert!(check_size(l16, 320).is_ok());
+        let e = check_size(l16, 321).unwrap_err();
+        assert!(e.contains("321 bytes") && e.contains("l16 at 8000 Hz in 320-byte"), "{e}");
+        assert!(check_size(Format::new(CodecName::L16, 16000).unwrap(), 640).is_ok());
+        assert!(check_size(Format::new(CodecName::Pcmu, 8000).unwrap(), 160).is_ok());
+        assert!(check_size(Format::new(CodecName::Pcma, 8000).unwrap(), 320).is_err());
+        let opus = Format::new(CodecName::Opus, 48000).unwrap();
+        assert!(check_size(opus, 1).is_ok() && check_size(opus, 1275).is_ok());
+        assert!(check_size(opus, 0).is_err() && check_size(opus, 1276).is_err());
+    }
+}
