@@ -7,6 +7,7 @@
 
 use super::MediaEvent;
 use super::codec::Codec;
+use super::echo::EchoBuffer;
 use super::format::{FRAME, Format};
 use super::pacer::Pacer;
 use super::playout::{PlayQueue, Reached};
@@ -20,8 +21,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Echoed frames waiting for their slot, at most (one second); more are dropped.
-pub const ECHO_BUFFER_FRAMES: usize = 50;
 /// Caller frames waiting to be processed by the call's task, at most.
 pub const INBOUND_QUEUE_FRAMES: usize = 64;
 
@@ -58,7 +57,7 @@ impl CallTask {
         let n = self.format.frame_samples();
         let mut queue = PlayQueue::new(n);
         let mut echo = false;
-        let mut echo_buf: VecDeque<Vec<i16>> = VecDeque::new();
+        let mut echo_buf = EchoBuffer::default();
         // Caller audio not yet written to the recording.
         let mut to_record: VecDeque<i16> = VecDeque::new();
         let (mut pcm, mut out, mut reached) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
@@ -104,15 +103,11 @@ impl CallTask {
                             let _ = self.events.send(MediaEvent::FrameRejected("undecodable audio frame".into()));
                             continue;
                         }
-                        if self.recorder.is_some() && to_record.len() < n * ECHO_BUFFER_FRAMES {
+                        if self.recorder.is_some() && to_record.len() < n * super::echo::MAX_FRAMES {
                             to_record.extend(pcm.iter().copied());
                         }
-                        if echo {
-                            if echo_buf.len() < ECHO_BUFFER_FRAMES {
-                                echo_buf.push_back(pcm.clone());
-                            } else {
-                                CallStats::add(&self.stats.dropped_frames, 1);
-                            }
+                        if echo && !echo_buf.push(&pcm) {
+                            CallStats::add(&self.stats.dropped_frames, 1);
                         }
                     }
                 },
@@ -145,7 +140,7 @@ impl CallTask {
         &mut self,
         pacer: &mut Pacer,
         queue: &mut PlayQueue,
-        echo_buf: &mut VecDeque<Vec<i16>>,
+        echo_buf: &mut EchoBuffer,
         to_record: &mut VecDeque<i16>,
         out: &mut Vec<i16>,
         reached: &mut Vec<Reached>,
@@ -154,7 +149,9 @@ impl CallTask {
         let tick = pacer.tick(Instant::now());
         let mut sent = None;
         let played = queue.next_frame(out);
-        if let Some(e) = echo_buf.pop_front() {
+        let (echoed, trimmed) = echo_buf.pop();
+        CallStats::add(&self.stats.dropped_frames, trimmed as u64);
+        if let Some(e) = echoed {
             if played {
                 out.iter_mut().zip(&e).for_each(|(o, &s)| *o = o.saturating_add(s));
             } else {

@@ -6,13 +6,14 @@
 //! frame rejected); audio itself never crosses into Wasm.
 //!
 //! Layout: the pure parts are sans-IO and unit-tested on their own ([`codec`], [`resample`],
-//! [`format`], [`playout`], [`pacer`], [`dtmf`]); [`call`] is the one tokio task per live call
+//! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`]); [`call`] is the one tokio task per live call
 //! that ties them to a connection; [`MediaEngine`] is the registry the WebSocket server and
 //! the plugin host use.
 
 pub mod call;
 pub mod codec;
 pub mod dtmf;
+pub mod echo;
 pub mod files;
 pub mod format;
 pub mod pacer;

@@ -15,7 +15,8 @@ pub struct CallStats {
     pub late_frames: AtomicU64,
     /// Outgoing slots skipped because the call's task fell a frame or more behind.
     pub skipped_slots: AtomicU64,
-    /// Incoming frames dropped: the call's inbound queue or echo buffer was full.
+    /// Incoming frames dropped: the call's inbound queue or echo buffer was full, or a standing
+    /// echo backlog was trimmed.
     pub dropped_frames: AtomicU64,
     /// Incoming frames refused: wrong size or undecodable.
     pub rejected_frames: AtomicU64,
