@@ -7,7 +7,7 @@ PLUGINS := signaling fault-test ivr ivr-menu
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: run test plugins build setup bench check lint
+.PHONY: run test plugins build setup bench bench-ivr check lint
 
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -38,3 +38,7 @@ lint:
 
 bench: build
 	./bench/signaling.sh
+
+# IVR media benchmark: concurrent echo calls (docs/benchmarks.md).
+bench-ivr: build
+	./bench/ivr.sh
