@@ -43,7 +43,7 @@ pub enum Event {
     Close(ConnId, u16),
     Timer { key: String, payload: String },
     Http(HttpRequest),
-    /// A media event of a call on a media route.
+    // A media event of a call on a media route.
     Media(ConnId, crate::media::MediaEvent),
 }
 
