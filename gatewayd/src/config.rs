@@ -269,7 +269,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError { path: path.display().to_string(), message: format!("cannot read: {e}") })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Absolute, so that derived paths (e.g. the SQLite URL) never start with a bare word.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
         Config::parse(&text, &base).map_err(|mut e| {
             e.path = format!("{}: {}", path.display(), e.path);
             e
