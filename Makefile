@@ -3,14 +3,23 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test chat rooms
+PLUGINS := signaling fault-test chat rooms ivr ivr-menu
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: run test plugins build setup bench check lint
+.PHONY: run test plugins build setup test-setup bench bench-ivr check lint
 
+# What building needs on a fresh machine: the Wasm target and libopus (Opus codec).
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@pkg-config --exists opus 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopus-dev pkg-config; }
+
+# What the tests need besides the build: Chromium + chromedriver (rooms browser test),
+# systemd-analyze (unit checks) and a running local PostgreSQL (tests on both backends).
+test-setup:
+	@{ command -v chromium && command -v chromedriver && command -v systemd-analyze; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver systemd; }
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start || true
+	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; pg_isready -h 127.0.0.1 -p 5432
 
 # Plugins are wasm32-wasip2 components, copied to build/plugins/<name>.wasm.
 plugins: setup
@@ -30,11 +39,12 @@ run: build
 check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
-test: build
-	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms
+test: build test-setup
+	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol
 	$(CARGO) test --release -p gatewayd-signaling --lib
 	$(CARGO) test --release -p gatewayd-chat --lib
 	$(CARGO) test --release -p gatewayd-rooms --lib
+	$(CARGO) test --release -p gatewayd-ivr-protocol --lib
 
 lint:
 	$(CARGO) fmt --all --check
@@ -44,3 +54,8 @@ bench: build
 	./loadtool/scripts/signaling.sh
 	./loadtool/scripts/chat.sh
 	./loadtool/scripts/reload.sh
+	./loadtool/scripts/rooms.sh
+
+# IVR media benchmark: concurrent echo calls (docs/benchmarks.md).
+bench-ivr: build
+	./loadtool/scripts/ivr.sh

@@ -194,6 +194,27 @@ pub struct RouteConfig {
     pub plugin: String,
     #[serde(default)]
     pub auth: AuthMode,
+    /// Audio format of a media route (`media = { codec = "l16", rate = 8000 }`): its binary
+    /// frames go to the media engine once the plugin has answered the call.
+    #[serde(default)]
+    pub media: Option<RouteMedia>,
+}
+
+/// A media route's wire audio: codec and sample rate, mono, 20 ms frames.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMedia {
+    /// `pcmu`, `pcma` (8000 Hz), `l16` (8000/16000/24000/48000 Hz, little-endian) or `opus`.
+    pub codec: crate::media::format::CodecName,
+    /// Samples per second.
+    pub rate: u32,
+}
+
+impl RouteMedia {
+    /// The validated format.
+    pub fn format(&self) -> Result<crate::media::format::Format, String> {
+        crate::media::format::Format::new(self.codec, self.rate)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +229,21 @@ pub struct PluginConfig {
     /// The plugin's own table, handed to it as JSON by `config.get`.
     #[serde(default)]
     pub config: toml::Table,
+    /// Audio files the plugin may play and where its recordings go.
+    #[serde(default)]
+    pub media: PluginMediaConfig,
+}
+
+/// `[plugins.<name>.media]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginMediaConfig {
+    /// Named WAV files for `media.play-file` (`greeting = "prompts/greeting.wav"`).
+    pub files: BTreeMap<String, PathBuf>,
+    /// Directory for call recordings (`media.record`); recording is refused without it.
+    pub recordings_dir: Option<PathBuf>,
+    /// Record every call of this plugin from `answer` on.
+    pub record_calls: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +342,10 @@ impl Config {
             if let Some(f) = &mut p.capabilities.files {
                 f.dir = abs(&f.dir);
             }
+            for f in p.media.files.values_mut() {
+                *f = abs(f);
+            }
+            p.media.recordings_dir = p.media.recordings_dir.as_ref().map(abs);
         }
         for k in &mut self.auth.keys {
             if let Some(f) = &k.public_key_file {
@@ -346,6 +386,12 @@ impl Config {
             }
             if !r.path.starts_with('/') {
                 return err(format!("routes[{i}].path"), format!("`{}` must start with /", r.path));
+            }
+            if let Some(m) = &r.media {
+                m.format().map_err(|message| ConfigError { path: format!("routes[{i}].media"), message })?;
+                if r.kind != RouteKind::Websocket {
+                    return err(format!("routes[{i}].media"), "only websocket routes carry media".into());
+                }
             }
         }
         for (name, p) in &self.plugins {
@@ -390,6 +436,14 @@ impl Config {
     /// Check what parsing cannot: plugin files exist. Used by `gatewayd check` and start-up.
     pub fn check_files(&self) -> Result<(), ConfigError> {
         for (name, p) in &self.plugins {
+            for (file, path) in &p.media.files {
+                if !path.is_file() {
+                    return Err(ConfigError {
+                        path: format!("plugins.{name}.media.files.{file}"),
+                        message: format!("{} does not exist", path.display()),
+                    });
+                }
+            }
             if !p.file.is_file() {
                 return Err(ConfigError {
                     path: format!("plugins.{name}.file"),

@@ -54,7 +54,16 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let bus = Arc::new(Bus::new());
     let metrics = Arc::new(Metrics::default());
     let jwt = keys.clone();
-    let services = Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt, metrics: metrics.clone() });
+    let media = Arc::new(crate::media::MediaEngine::new(bus.clone()));
+    for (name, p) in &config.plugins {
+        let settings = crate::media::PluginMedia {
+            recordings_dir: p.media.recordings_dir.clone(),
+            record_calls: p.media.record_calls,
+        };
+        media.configure_plugin(name, &p.media.files, settings).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let services =
+        Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt, metrics: metrics.clone(), media });
     let runtime = Arc::new(Runtime::load(&config.plugins, services).await?);
     let server = Server::bind(&config, &runtime, keys.clone(), bus.clone()).await?;
     let admin = Arc::new(Admin { metrics, bus: bus.clone(), ready: false.into() });

@@ -10,6 +10,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod media;
 pub mod plugins;
 pub mod server;
 pub mod store;

@@ -30,8 +30,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
         std::path::Path::new("/"),
     )?;
     let bus = Arc::new(Bus::new());
-    let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&config.auth)?));
-    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics: Arc::default() });
+    let services = in_process_services(&bus, &config)?;
     let runtime = Runtime::load(&config.plugins, services).await?;
     let plugin = runtime.plugin("signaling").expect("loaded").clone();
 
@@ -71,4 +70,12 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     println!("events: {}", a.events);
     lat.print("dispatch");
     Ok(())
+}
+
+/// Daemon services for an in-process runtime: the given bus, no database, the config's keys,
+/// fresh metrics and a media engine.
+pub fn in_process_services(bus: &Arc<Bus>, config: &Config) -> anyhow::Result<Arc<Services>> {
+    let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&config.auth)?));
+    let media = Arc::new(gatewayd::media::MediaEngine::new(bus.clone()));
+    Ok(Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics: Arc::default(), media }))
 }

@@ -9,11 +9,13 @@
 //! - `reload-latency`, `reload-dispatch`: hot reload as clients and as the runtime see it.
 //! - `chat`: chat fan-out with persistence over many visitor/agent sessions.
 //! - `rooms`: ICE-candidate relays through many rooms, reporting the rate and latency percentiles.
+//! - `ivr`: N concurrent IVR calls in echo mode: frame delay, late frames, CPU and memory per call.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
 mod chat;
 mod dispatch;
+mod ivr;
 mod reload;
 mod report;
 mod rooms;
@@ -56,6 +58,9 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Rooms load: ICE-candidate relays in `rooms` rooms of `participants` participants.
     Rooms(rooms::RoomsArgs),
+    /// IVR media load: N concurrent echo calls; the largest N with frame delay p99 <= 20 ms
+    /// and no late frames.
+    Ivr(ivr::IvrArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             Command::ReloadDispatch(a) => reload::dispatch(a).await,
             Command::Chat(a) => chat::run(a).await,
             Command::Rooms(a) => rooms::run(a).await,
+            Command::Ivr(a) => ivr::run(a).await,
         }
     })
 }

@@ -9,7 +9,7 @@
 use crate::report::Latencies;
 use gatewayd::bus::{Bus, ConnParts, Next, Outbox};
 use gatewayd::config::Config;
-use gatewayd::plugins::{Event, Runtime, Services, Session};
+use gatewayd::plugins::{Event, Runtime, Session};
 use gatewayd_e2e::Client;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,8 +84,7 @@ pub async fn dispatch(a: DispatchArgs) -> anyhow::Result<()> {
     let v1 = config_for(&a.v1)?;
     let v2 = config_for(&a.v2)?;
     let bus = Arc::new(Bus::new());
-    let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&v1.auth)?));
-    let services = Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics: Arc::default() });
+    let services = crate::dispatch::in_process_services(&bus, &v1)?;
     let runtime = Arc::new(Runtime::load(&v1.plugins, services).await?);
     let plugin = runtime.plugin("fault-test").expect("loaded").clone();
     let outbox = Arc::new(Outbox::new(1 << 24));

@@ -34,6 +34,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use exports::gatewayd::plugin::handler::Guest;
+pub use gatewayd::plugin::media::MediaEvent;
 pub use gatewayd::plugin::types::{ConnectInfo, ConnectionId, HttpRequest, HttpResponse, SqlValue};
 
 /// Re-exported so plugins need no direct serde_json dependency for simple cases.
@@ -64,6 +65,8 @@ pub trait Protocol {
     fn on_http(_request: HttpRequest) -> HttpResponse {
         http::json(404, &serde_json::json!({"error": "not_found", "message": "no such endpoint"}))
     }
+    /// A call on one of the plugin's media routes reported a media event (see [`media`]).
+    fn on_media(_id: ConnectionId, _event: MediaEvent) {}
 }
 
 /// Register a [`Protocol`] implementation as the component's exported handler.
@@ -91,6 +94,9 @@ macro_rules! protocol_plugin {
             }
             fn on_http(request: $crate::HttpRequest) -> $crate::HttpResponse {
                 <$ty as $crate::Protocol>::on_http(request)
+            }
+            fn on_media(id: $crate::ConnectionId, event: $crate::MediaEvent) {
+                <$ty as $crate::Protocol>::on_media(id, event)
             }
         }
         $crate::export_protocol!($ty with_types_in $crate);
@@ -228,6 +234,15 @@ pub mod log {
     pub fn debug(message: &str) {
         log(Level::Debug, message)
     }
+}
+
+/// Calls on media routes (`gatewayd:plugin/media`): answer, play, clear, mark, DTMF, echo,
+/// record, hang up. The host moves the audio; the plugin only steers it and hears back
+/// through [`Protocol::on_media`].
+pub mod media {
+    pub use super::gatewayd::plugin::media::{
+        answer, clear, echo, hangup, mark, play_bytes, play_file, record, send_dtmf,
+    };
 }
 
 /// HTTP response helpers.

@@ -557,6 +557,11 @@ impl Client {
         Client::connect_with(url, &[]).await?.map_err(|r| anyhow!("handshake refused: {} {}", r.status, r.body))
     }
 
+    /// The underlying WebSocket (e.g. to split it into a reader and a writer).
+    pub fn into_websocket(self) -> WebSocket<TokioIo<Upgraded>> {
+        self.ws
+    }
+
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes()))).await?;
         Ok(())

@@ -21,8 +21,8 @@ fn default_config_checks() {
 fn check_edited(edit: impl Fn(String) -> String) -> (i32, String) {
     let dir = tempdir::TempDir::new("gatewayd-config");
     let default = std::fs::read_to_string(workspace().join("config/gatewayd.toml")).unwrap();
-    // Keep plugin paths valid from the temp dir.
-    let text = edit(default).replace("../build/plugins/", &format!("{}/build/plugins/", workspace().display()));
+    // Keep the config's relative paths (plugins, prompts) valid from the temp dir.
+    let text = edit(default).replace("\"../", &format!("\"{}/", workspace().display()));
     let path = dir.path().join("gatewayd.toml");
     std::fs::write(&path, text).unwrap();
     let out = gatewayd(&["check"], &path);

@@ -287,3 +287,93 @@ async fn jwt_keys_rotate_with_an_overlap() {
     wait_for(|| async { !accepted(old.clone()).await }).await;
     assert!(accepted(new).await);
 }
+
+/// 50 IVR calls stream audio in echo mode while the IVR plugin file is replaced: no call drops,
+/// and no call's echo stops for more than 100 ms (audio is the media engine's; the plugin
+/// steers it, so a reload must not disturb it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_keeps_ivr_calls_streaming() {
+    const CALLS: usize = 50;
+    const FRAME: usize = 320;
+    let files = tempdir::TempDir::new("gatewayd-reload-ivr");
+    let ivr_file = files.path().join("ivr.wasm");
+    std::fs::copy(plugin_file("ivr"), &ivr_file).unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[listeners.ivr]\naddress = \"127.0.0.1:{port}\"\n\
+         [[routes]]\nlistener = \"ivr\"\npath = \"/\"\nkind = \"websocket\"\nplugin = \"ivr\"\nauth = \"none\"\n\
+         media = {{ codec = \"l16\", rate = 8000 }}\n\
+         [plugins.ivr]\nfile = \"{}\"\n[plugins.ivr.config]\n# No timed DTMF/hangup: calls last the whole test.\ndtmf_delay_ms = 600000\n",
+        ivr_file.display()
+    );
+    let d = Daemon::start(DaemonOptions { extra_toml: extra, ..Default::default() }).await.unwrap();
+    let reloads = "gatewayd_plugin_reloads_total{plugin=\"ivr\",result=\"ok\"}";
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut calls = Vec::new();
+    for i in 0..CALLS {
+        let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/")).await.unwrap();
+        c.send_json(
+            &json!({"event": "incoming_call", "callerId": "+1555", "didNumber": "+1800", "sessionId": format!("s{i}")}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.recv_json().await.unwrap(), json!({"event": "answer"}));
+        let mut ws = c.into_websocket();
+        let stop = stop.clone();
+        calls.push(tokio::spawn(async move {
+            // Send one frame every 20 ms; measure the largest gap between echoed frames.
+            let (mut rd, mut wr) = ws.split(tokio::io::split);
+            let sender = tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        tick.tick().await;
+                        let frame = fastwebsockets::Frame::binary(fastwebsockets::Payload::Owned(vec![7u8; FRAME]));
+                        if wr.write_frame(frame).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                }
+            });
+            let mut last: Option<Instant> = None;
+            let mut max_gap = Duration::ZERO;
+            let mut frames = 0u64;
+            let mut obligated = |_f: fastwebsockets::Frame<'_>| async { Ok::<_, std::io::Error>(()) };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let frame = tokio::time::timeout(Duration::from_secs(2), rd.read_frame(&mut obligated)).await;
+                let Ok(Ok(frame)) = frame else { break };
+                match frame.opcode {
+                    fastwebsockets::OpCode::Binary => {
+                        let now = Instant::now();
+                        if let Some(prev) = last {
+                            max_gap = max_gap.max(now - prev);
+                        }
+                        last = Some(now);
+                        frames += 1;
+                    }
+                    fastwebsockets::OpCode::Close => break,
+                    _ => {}
+                }
+            }
+            (sender.await.unwrap(), frames, max_gap)
+        }));
+    }
+    // Let the echo settle, then replace the plugin with another build.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = metric(&d, reloads).await;
+    let ivr_bytes = std::fs::read(plugin_file("ivr")).unwrap();
+    replace_file(&ivr_file, &rebuilt(&ivr_bytes, "v2"));
+    wait_for(|| async { metric(&d, reloads).await > before }).await;
+    // Keep streaming for a while after the swap, then stop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (i, call) in calls.into_iter().enumerate() {
+        let (sent_ok, frames, max_gap) = call.await.unwrap();
+        assert!(sent_ok, "call {i}: the connection dropped");
+        assert!(frames > 100, "call {i}: only {frames} echoed frames");
+        assert!(max_gap <= Duration::from_millis(100), "call {i}: echo gap of {max_gap:?} across the reload");
+    }
+}

@@ -1,7 +1,9 @@
 //! The host side of the plugin contract: the state a plugin instance's store carries, and the
 //! implementation of every imported interface (`connections`, `session`, `kv`, `timers`,
 //! `store`, `config`, `log`). Each call is checked against the calling plugin's namespace and
-//! capabilities.
+//! capabilities. The `media` interface is in `host/media.rs`.
+
+mod media;
 
 use super::bindings::Protocol;
 use super::bindings::gatewayd::plugin::{auth, config, connections, kv, log, session, store, timers, types};

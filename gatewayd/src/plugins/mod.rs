@@ -52,6 +52,8 @@ pub enum Event {
     Close(ConnId, u16),
     Timer { key: String, payload: String },
     Http(HttpRequest),
+    // A media event of a call on a media route.
+    Media(ConnId, crate::media::MediaEvent),
 }
 
 /// Why an event did not complete. The daemon and other sessions are unaffected.
@@ -92,6 +94,8 @@ pub struct Services {
     pub store: Option<Store>,
     pub jwt: Arc<crate::auth::Keys>,
     pub metrics: Arc<stats::Metrics>,
+    /// The media engine (calls on media routes).
+    pub media: Arc<crate::media::MediaEngine>,
 }
 
 /// One compiled, linked and initialised version of a plugin: its component and everything
@@ -300,6 +304,11 @@ impl Plugin {
         &self.name
     }
 
+    /// The daemon services the plugin runs with.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
     /// The current version's description.
     pub fn version(&self) -> VersionInfo {
         self.current.read().info.clone()
@@ -375,6 +384,7 @@ impl Plugin {
             Event::Close(id, code) => handler.call_on_close(store, id, code).await.map(|_| None),
             Event::Timer { key, payload } => handler.call_on_timer(store, &key, &payload).await.map(|_| None),
             Event::Http(req) => handler.call_on_http(store, &req).await.map(Some),
+            Event::Media(id, event) => handler.call_on_media(store, id, &to_wit_media(event)).await.map(|_| None),
         };
         let session = warm.store.data_mut().end();
         match result {
@@ -411,6 +421,16 @@ impl Plugin {
             self.services.bus.send(conn, Outbound::Text(message.to_string().into()));
         }
         result.map(|_| ())
+    }
+}
+
+fn to_wit_media(event: crate::media::MediaEvent) -> bindings::gatewayd::plugin::media::MediaEvent {
+    use crate::media::MediaEvent;
+    use bindings::gatewayd::plugin::media::MediaEvent as Wit;
+    match event {
+        MediaEvent::Mark(name) => Wit::Mark(name),
+        MediaEvent::PlayFinished => Wit::PlayFinished,
+        MediaEvent::FrameRejected(reason) => Wit::FrameRejected(reason),
     }
 }
 

@@ -32,6 +32,8 @@ struct Route {
     kind: RouteKind,
     auth: AuthMode,
     plugin: Arc<Plugin>,
+    /// Wire audio format of a media route.
+    media: Option<crate::media::format::Format>,
 }
 
 impl Route {
@@ -78,6 +80,7 @@ fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> 
                 kind: r.kind,
                 auth: r.auth,
                 plugin: plugin.clone(),
+                media: r.media.map(|m| m.format().expect("validated: media format")),
             })
         })
         .collect()
@@ -236,6 +239,7 @@ async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Liste
                 remote_addr: remote.to_string(),
                 max_message_bytes: listener.config.max_message_bytes,
                 send_queue_frames: listener.config.send_queue_frames,
+                media: route.media,
             };
             tokio::spawn(websocket::serve(upgrade, accepted, route.plugin.clone(), listener.bus.clone()));
             let (mut parts, _) = response.into_parts();

@@ -6,6 +6,7 @@
 //! or by invalid UTF-8 (1007) is sent, after which the peer has `CLOSE_GRACE` to answer.
 
 use crate::bus::{Bus, ConnParts, Next, Outbound, Outbox, SessionCell};
+use crate::media::{FrameOutcome, MediaEvent};
 use crate::plugins::{ConnectInfo, Event, Plugin};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
@@ -14,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::WriteHalf;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 /// How long a peer has to answer our close frame before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
@@ -28,6 +29,8 @@ pub struct Accepted {
     pub remote_addr: String,
     pub max_message_bytes: usize,
     pub send_queue_frames: usize,
+    /// The route's audio format when it is a media route.
+    pub media: Option<crate::media::format::Format>,
 }
 
 /// Serve one upgraded connection until it closes.
@@ -55,6 +58,7 @@ pub async fn serve(
     let session = Arc::new(SessionCell::default());
     let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
     let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone()));
+    let media = accepted.media.map(|format| media_events(id, format, &plugin, &session));
 
     let info = ConnectInfo {
         id,
@@ -67,16 +71,42 @@ pub async fn serve(
     // Dispatch futures are boxed: they hold wasmtime call state only while an event runs, so an
     // idle connection's task stays small.
     let code = match Box::pin(plugin.dispatch_in_session(id, &session, Event::Open(info))).await {
-        Ok(()) => read_loop(&mut rd, id, &plugin, &session, &outbox, &closing).await,
+        Ok(()) => read_loop(&mut rd, id, &plugin, &session, &outbox, &closing, media.is_some()).await,
         Err(fault) => {
             let _ = outbox.push(Outbound::Close(1011, fault.code().into()));
             await_close(&mut rd, &outbox).await
         }
     };
+    if let Some(forwarder) = media {
+        // The call's media session ends; let its last events reach the plugin before on-close.
+        plugin.services().media.unregister(id);
+        let abort = forwarder.abort_handle();
+        if tokio::time::timeout(CLOSE_GRACE, forwarder).await.is_err() {
+            abort.abort();
+        }
+    }
     let _ = Box::pin(plugin.dispatch_in_session(id, &session, Event::Close(id, code))).await;
     bus.unregister(id);
     outbox.close();
     let _ = writer.await;
+}
+
+/// Register a connection of a media route with the media engine and forward its media events
+/// to the plugin, in order, as session events. The task ends when the call is unregistered.
+fn media_events(
+    id: u64,
+    format: crate::media::format::Format,
+    plugin: &Arc<Plugin>,
+    session: &Arc<SessionCell>,
+) -> tokio::task::JoinHandle<()> {
+    let (events, mut rx) = mpsc::unbounded_channel();
+    plugin.services().media.register(id, plugin.name(), format, events);
+    let (plugin, session) = (plugin.clone(), session.clone());
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let _ = plugin.dispatch_in_session(id, &session, Event::Media(id, event)).await;
+        }
+    })
 }
 
 type Reader = fastwebsockets::FragmentCollectorRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>;
@@ -90,6 +120,7 @@ async fn read_loop(
     session: &SessionCell,
     outbox: &Outbox,
     closing: &Notify,
+    media: bool,
 ) -> u16 {
     let mut obligated = obligated_sender(outbox);
     loop {
@@ -105,6 +136,13 @@ async fn read_loop(
                     Ok(text) => Event::Text(id, text),
                     Err(_) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
                 },
+                OpCode::Binary if media => {
+                    match plugin.services().media.push_frame(id, Bytes::from(Vec::from(frame.payload))) {
+                        FrameOutcome::Accepted => continue,
+                        FrameOutcome::NotAnswered(data) => Event::Binary(id, Vec::from(data)),
+                        FrameOutcome::Rejected(reason) => Event::Media(id, MediaEvent::FrameRejected(reason)),
+                    }
+                }
                 OpCode::Binary => Event::Binary(id, Vec::from(frame.payload)),
                 OpCode::Close => return close_code(&frame.payload),
                 _ => continue,

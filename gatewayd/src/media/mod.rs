@@ -1,0 +1,305 @@
+//! The media engine (DESIGN sections 3.5 and 4): codecs, resampling, 20 ms framing, real-time
+//! pacing, the play queue, echo, DTMF tones, recording and per-call statistics.
+//!
+//! Plugins steer calls with media calls (`gatewayd:plugin/media`: answer, play, clear, mark,
+//! send-dtmf, echo, record, hangup) and receive media events (mark reached, play finished,
+//! frame rejected); audio itself never crosses into Wasm.
+//!
+//! Layout: the pure parts are sans-IO and unit-tested on their own ([`codec`], [`resample`],
+//! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`]); [`call`] is the one tokio task per live call
+//! that ties them to a connection; [`MediaEngine`] is the registry the WebSocket server and
+//! the plugin host use.
+
+pub mod call;
+pub mod codec;
+pub mod dtmf;
+pub mod echo;
+pub mod files;
+pub mod format;
+pub mod pacer;
+pub mod playout;
+pub mod recording;
+pub mod resample;
+pub mod stats;
+
+use crate::bus::{Bus, ConnId};
+use bytes::Bytes;
+use call::{CallTask, Command, INBOUND_QUEUE_FRAMES};
+use codec::{Codec, OPUS_MAX_PACKET};
+use dashmap::DashMap;
+use format::{CodecName, Format};
+use parking_lot::Mutex;
+use stats::CallStats;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What a call reports to its plugin (`media-event` in the WIT contract).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// Everything queued before `mark(name)` has been sent to the caller.
+    Mark(String),
+    /// The play queue ran empty after playing audio.
+    PlayFinished,
+    /// A caller frame was refused (why): wrong size for the route's format, or undecodable.
+    FrameRejected(String),
+}
+
+/// What happened to a caller's binary frame.
+#[derive(Debug)]
+pub enum FrameOutcome {
+    /// The call is not answered (or has been hung up): the frame is the plugin's business.
+    NotAnswered(Bytes),
+    /// Queued for the call's task (or dropped and counted when its queue was full).
+    Accepted,
+    /// Refused, with the reason.
+    Rejected(String),
+}
+
+/// Per-plugin media settings (`[plugins.<name>.media]`).
+#[derive(Debug, Clone, Default)]
+pub struct PluginMedia {
+    /// Directory for `record` files; recording is refused without one.
+    pub recordings_dir: Option<PathBuf>,
+    /// Record every call from `answer` on.
+    pub record_calls: bool,
+}
+
+/// A connection on a media route.
+struct Call {
+    plugin: Arc<str>,
+    format: Format,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    live: Mutex<Option<Live>>,
+}
+
+/// The running media session of an answered call.
+struct Live {
+    commands: mpsc::UnboundedSender<Command>,
+    frames: mpsc::Sender<Bytes>,
+    stats: Arc<CallStats>,
+}
+
+/// The registry of calls. One per daemon.
+pub struct MediaEngine {
+    bus: Arc<Bus>,
+    calls: DashMap<ConnId, Arc<Call>>,
+    files: files::FileLibrary,
+    plugins: DashMap<String, PluginMedia>,
+}
+
+impl MediaEngine {
+    pub fn new(bus: Arc<Bus>) -> MediaEngine {
+        MediaEngine { bus, calls: DashMap::new(), files: files::FileLibrary::default(), plugins: DashMap::new() }
+    }
+
+    /// Set up `plugin`'s media: read its audio files and create its recordings directory.
+    pub fn configure_plugin(
+        &self,
+        plugin: &str,
+        files: &std::collections::BTreeMap<String, PathBuf>,
+        settings: PluginMedia,
+    ) -> Result<(), String> {
+        for (name, file) in files {
+            self.files.load(plugin, name, file).map_err(|e| format!("plugins.{plugin}.media.files.{name}: {e}"))?;
+        }
+        if let Some(dir) = &settings.recordings_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("plugins.{plugin}.media.recordings_dir: {}: {e}", dir.display()))?;
+        }
+        self.plugins.insert(plugin.to_string(), settings);
+        Ok(())
+    }
+
+    /// Register connection `id` of `plugin` on a media route with wire `format`; media events
+    /// go to `events`. The call has no media session until the plugin answers.
+    pub fn register(&self, id: ConnId, plugin: &str, format: Format, events: mpsc::UnboundedSender<MediaEvent>) {
+        self.calls.insert(id, Arc::new(Call { plugin: plugin.into(), format, events, live: Mutex::new(None) }));
+    }
+
+    /// Forget connection `id`; its media session, if any, ends.
+    pub fn unregister(&self, id: ConnId) {
+        self.calls.remove(&id);
+    }
+
+    fn call(&self, id: ConnId, plugin: &str) -> Result<Arc<Call>, String> {
+        match self.calls.get(&id) {
+            Some(c) if &*c.plugin == plugin => Ok(c.clone()),
+            _ => Err(format!("connection {id} is not a call on one of this plugin's media routes")),
+        }
+    }
+
+    /// Start the media session of call `id` (answer). Answering twice is not an error.
+    pub fn answer(&self, id: ConnId, plugin: &str) -> Result<(), String> {
+        let call = self.call(id, plugin)?;
+        let mut live = call.live.lock();
+        if live.is_some() {
+            return Ok(());
+        }
+        let codec = Codec::new(call.format).map_err(|e| e.to_string())?;
+        let recorder = match self.plugins.get(plugin).filter(|p| p.record_calls) {
+            Some(_) => Some(self.new_recorder(id, &call)?),
+            None => None,
+        };
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (frames, frames_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES);
+        let stats = Arc::new(CallStats::default());
+        let task = CallTask {
+            id,
+            format: call.format,
+            codec,
+            bus: self.bus.clone(),
+            stats: stats.clone(),
+            events: call.events.clone(),
+            commands: commands_rx,
+            frames: frames_rx,
+            recorder,
+        };
+        tokio::spawn(task.run());
+        *live = Some(Live { commands, frames, stats });
+        Ok(())
+    }
+
+    /// Hand a caller's binary frame to its call.
+    pub fn push_frame(&self, id: ConnId, frame: Bytes) -> FrameOutcome {
+        let Some(call) = self.calls.get(&id).map(|c| c.clone()) else { return FrameOutcome::NotAnswered(frame) };
+        let live = call.live.lock();
+        let Some(live) = live.as_ref() else { return FrameOutcome::NotAnswered(frame) };
+        if let Err(reason) = check_size(call.format, frame.len()) {
+            CallStats::add(&live.stats.rejected_frames, 1);
+            return FrameOutcome::Rejected(reason);
+        }
+        CallStats::add(&live.stats.frames_in, 1);
+        CallStats::add(&live.stats.bytes_in, frame.len() as u64);
+        if live.frames.try_send(frame).is_err() {
+            CallStats::add(&live.stats.dropped_frames, 1);
+        }
+        FrameOutcome::Accepted
+    }
+
+    fn command(&self, id: ConnId, plugin: &str, command: Command) -> Result<(), String> {
+        let call = self.call(id, plugin)?;
+        let live = call.live.lock();
+        let live = live.as_ref().ok_or_else(|| format!("call {id} is not answered"))?;
+        live.commands.send(command).map_err(|_| format!("call {id} has ended"))
+    }
+
+    /// Queue `plugin`'s audio file `name`.
+    pub fn play_file(&self, id: ConnId, plugin: &str, name: &str) -> Result<(), String> {
+        let rate = self.call(id, plugin)?.format.rate;
+        let samples = self.files.get(plugin, name, rate)?;
+        self.command(id, plugin, Command::Play(samples))
+    }
+
+    /// Queue raw audio in `codec` at `rate` Hz (`pcmu`, `pcma`, `l16` little-endian).
+    pub fn play_bytes(&self, id: ConnId, plugin: &str, audio: &[u8], codec: &str, rate: u32) -> Result<(), String> {
+        let session_rate = self.call(id, plugin)?.format.rate;
+        let samples: Vec<i16> = match CodecName::parse(codec) {
+            Some(CodecName::Pcmu) => audio.iter().map(|&b| codec::ulaw_to_linear(b)).collect(),
+            Some(CodecName::Pcma) => audio.iter().map(|&b| codec::alaw_to_linear(b)).collect(),
+            Some(CodecName::L16) if audio.len().is_multiple_of(2) => {
+                audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+            }
+            Some(CodecName::L16) => return Err("l16 audio must have an even number of bytes".into()),
+            _ => return Err(format!("play-bytes takes pcmu, pcma or l16 audio, not `{codec}`")),
+        };
+        if rate == 0 || rate > 192_000 {
+            return Err(format!("rate {rate} Hz is out of range"));
+        }
+        let samples = resample::resample_clip(&samples, rate, session_rate)?;
+        self.command(id, plugin, Command::Play(samples.into()))
+    }
+
+    /// Queue DTMF tones for `digits`, each `duration_ms` long.
+    pub fn send_dtmf(&self, id: ConnId, plugin: &str, digits: &str, duration_ms: u32) -> Result<(), String> {
+        let rate = self.call(id, plugin)?.format.rate;
+        let samples = dtmf::tones(digits, duration_ms, rate)?;
+        self.command(id, plugin, Command::Play(samples.into()))
+    }
+
+    pub fn clear(&self, id: ConnId, plugin: &str) -> Result<(), String> {
+        self.command(id, plugin, Command::Clear)
+    }
+
+    pub fn mark(&self, id: ConnId, plugin: &str, name: String) -> Result<(), String> {
+        self.command(id, plugin, Command::Mark(name))
+    }
+
+    pub fn echo(&self, id: ConnId, plugin: &str, on: bool) -> Result<(), String> {
+        self.command(id, plugin, Command::Echo(on))
+    }
+
+    /// Start recording call `id` (returns the file's path) or stop (returns an empty string).
+    pub fn record(&self, id: ConnId, plugin: &str, on: bool) -> Result<String, String> {
+        if !on {
+            return self.command(id, plugin, Command::Record(None)).map(|_| String::new());
+        }
+        let call = self.call(id, plugin)?;
+        let recorder = self.new_recorder(id, &call)?;
+        let path = recorder.path().display().to_string();
+        self.command(id, plugin, Command::Record(Some(recorder)))?;
+        Ok(path)
+    }
+
+    fn new_recorder(&self, id: ConnId, call: &Call) -> Result<recording::Recorder, String> {
+        let dir = self
+            .plugins
+            .get(&*call.plugin)
+            .and_then(|p| p.recordings_dir.clone())
+            .ok_or_else(|| format!("recording needs [plugins.{}.media] recordings_dir", call.plugin))?;
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        recording::Recorder::create(&dir.join(format!("{}-{id}-{stamp}.wav", call.plugin)), call.format.rate)
+    }
+
+    /// End call `id`'s media session (queued audio is dropped). Later frames go to the plugin.
+    pub fn hangup(&self, id: ConnId, plugin: &str) -> Result<(), String> {
+        self.call(id, plugin)?.live.lock().take();
+        Ok(())
+    }
+
+    /// Statistics of call `id`'s media session, while it runs.
+    pub fn stats(&self, id: ConnId) -> Option<stats::StatsSnapshot> {
+        let call = self.calls.get(&id)?.clone();
+        let live = call.live.lock();
+        live.as_ref().map(|l| l.stats.snapshot())
+    }
+}
+
+/// Is a caller frame of `len` bytes acceptable for `format`?
+fn check_size(format: Format, len: usize) -> Result<(), String> {
+    let samples = format.frame_samples();
+    let expected = match format.codec {
+        CodecName::Pcmu | CodecName::Pcma => samples,
+        CodecName::L16 => samples * 2,
+        CodecName::Opus if (1..=OPUS_MAX_PACKET).contains(&len) => return Ok(()),
+        CodecName::Opus => return Err(format!("an Opus packet of {len} bytes (1..={OPUS_MAX_PACKET} expected)")),
+    };
+    if len == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "a frame of {len} bytes; this call's audio is {} at {} Hz in {expected}-byte 20 ms frames",
+            format.codec.name(),
+            format.rate
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_are_checked_per_format() {
+        let l16 = Format::new(CodecName::L16, 8000).unwrap();
+        assert!(check_size(l16, 320).is_ok());
+        let e = check_size(l16, 321).unwrap_err();
+        assert!(e.contains("321 bytes") && e.contains("l16 at 8000 Hz in 320-byte"), "{e}");
+        assert!(check_size(Format::new(CodecName::L16, 16000).unwrap(), 640).is_ok());
+        assert!(check_size(Format::new(CodecName::Pcmu, 8000).unwrap(), 160).is_ok());
+        assert!(check_size(Format::new(CodecName::Pcma, 8000).unwrap(), 320).is_err());
+        let opus = Format::new(CodecName::Opus, 48000).unwrap();
+        assert!(check_size(opus, 1).is_ok() && check_size(opus, 1275).is_ok());
+        assert!(check_size(opus, 0).is_err() && check_size(opus, 1276).is_err());
+    }
+}

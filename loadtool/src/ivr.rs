@@ -1,0 +1,288 @@
+//! IVR media load (`gatewayd-load ivr`): N concurrent calls on the `ivr.md` route in echo mode.
+//!
+//! Each call sends `incoming_call`, waits for `answer`, then streams one 320-byte L16 frame per
+//! 20 ms on a deadline schedule (like a phone) for `--seconds`, and reads the echoes on a task
+//! of its own. Every frame carries its sequence number, so each echo is matched to its send.
+//!
+//! Figures, per step of N calls:
+//! - frame delay and late frames, as the daemon measured them (read from its JSON log, the
+//!   `media call ended` line of every call): how long after its 20 ms slot each outgoing frame
+//!   was sent; late = more than 10 ms after its slot; skipped = slots missed by a stalled call;
+//! - echo latency: send -> echo arrival, client side;
+//! - echo jitter: echo latency minus the smallest echo latency of the call's frames within
+//!   half a second either side. That smallest one is the call's current offset between the
+//!   caller's 20 ms clock and the call's 20 ms grid, plus the echo buffer's standing depth
+//!   (0-20 ms by design, and one more frame after a jittery arrival); what is left is delay
+//!   added by load;
+//!   (the reference flips by a frame when a call's two clocks are within jitter of each other, so
+//!   this is informational);
+//! - lost echoes: frames that never came back (the daemon's echo buffer drops a frame when it
+//!   overflows, or trims one after a backlog stood for 5 s; both are in `dropped_frames`);
+//! - daemon CPU (% of one core) and resident memory, per call.
+//!
+//! A step passes when every call's frame delay p99 <= 20 ms and no frame was late or skipped
+//! (lost echoes are reported, not part of the criterion); the report ends with the largest
+//! passing N.
+
+use crate::report::{Latencies, rss_kib};
+use anyhow::{Context, anyhow, bail};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const FRAME_BYTES: usize = 320;
+const FRAME: Duration = Duration::from_millis(20);
+
+#[derive(clap::Args, Clone)]
+pub struct IvrArgs {
+    /// The IVR route (the daemon's `ivr` listener; its plugin must echo and not hang up
+    /// before `--seconds` are over: set `hangup_after_ms` high).
+    #[arg(long, default_value = "ws://127.0.0.1:4143/")]
+    url: String,
+    /// The daemon's process id (for CPU and memory).
+    #[arg(long)]
+    pid: u32,
+    /// Call counts to try, in order (every step runs; the largest passing one is reported).
+    #[arg(long, value_delimiter = ',', default_value = "250,500,750,1000,1250,1500")]
+    steps: Vec<usize>,
+    /// Seconds of audio per call.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The daemon's log file, written with `log_format = "json"` and level info (for its own
+    /// frame-delay figures).
+    #[arg(long)]
+    daemon_log: std::path::PathBuf,
+}
+
+/// What the daemon reported about the calls of one step.
+#[derive(Default, Debug)]
+struct DaemonFigures {
+    calls: u64,
+    late: u64,
+    skipped: u64,
+    dropped: u64,
+    /// The largest per-call p99 frame delay, ms (upper bound of a 1 ms bucket).
+    worst_p99_ms: u64,
+    max_delay_us: u64,
+}
+
+/// Read the `media call ended` lines the daemon logged after byte `offset` of its log.
+fn daemon_figures(log: &std::path::Path, offset: &mut u64) -> anyhow::Result<DaemonFigures> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(log)?;
+    f.seek(std::io::SeekFrom::Start(*offset))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    *offset += text.len() as u64;
+    let mut d = DaemonFigures::default();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let fields = &v["fields"];
+        if fields["message"] != "media call ended" {
+            continue;
+        }
+        let n = |k: &str| fields[k].as_u64().unwrap_or(0);
+        d.calls += 1;
+        d.late += n("late_frames");
+        d.skipped += n("skipped_slots");
+        d.dropped += n("dropped_frames");
+        d.worst_p99_ms = d.worst_p99_ms.max(n("p99_delay_ms"));
+        d.max_delay_us = d.max_delay_us.max(n("max_delay_us"));
+    }
+    Ok(d)
+}
+
+/// Frames either side of a frame that give its reference latency (0.5 s).
+const WINDOW: usize = 25;
+
+/// What one call measured: the echo latency of each frame, in send order (None = lost).
+struct CallResult {
+    latencies: Vec<Option<Duration>>,
+}
+
+impl CallResult {
+    /// Each received frame's (echo latency, frame delay).
+    fn delays(&self) -> Vec<(Duration, Duration)> {
+        let l = &self.latencies;
+        (0..l.len())
+            .filter_map(|k| {
+                let own = l[k]?;
+                let lo = k.saturating_sub(WINDOW);
+                let hi = (k + WINDOW + 1).min(l.len());
+                let reference = l[lo..hi].iter().flatten().min().copied().unwrap_or(own);
+                Some((own, own - reference))
+            })
+            .collect()
+    }
+
+    fn lost(&self) -> u64 {
+        self.latencies.iter().filter(|l| l.is_none()).count() as u64
+    }
+}
+
+pub async fn run(a: IvrArgs) -> anyhow::Result<()> {
+    let mut best = None;
+    let mut offset = std::fs::metadata(&a.daemon_log)?.len();
+    for &n in &a.steps {
+        if step(&a, n, &mut offset).await? {
+            best = Some(n);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    match best {
+        Some(n) => println!("ivr_max_calls_passing: {n} calls"),
+        None => println!("ivr_max_calls_passing: 0 calls (no step passed)"),
+    }
+    Ok(())
+}
+
+/// Run `n` concurrent calls; print the step's figures; true when it passes.
+async fn step(a: &IvrArgs, n: usize, log_offset: &mut u64) -> anyhow::Result<bool> {
+    let rss_before = rss_kib(a.pid)?;
+    // Open and answer every call first, then start streaming together.
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        calls.push(answered_call(&a.url).await.context("opening a call")?);
+    }
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let cpu_before = (cpu_ticks(a.pid)?, cpu_ticks(std::process::id())?, Instant::now());
+    let frames = (a.seconds * 50) as usize;
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            // Spread the calls' phases over the 20 ms frame, like independent phones.
+            let first = start + FRAME * (i as u32 % 20) / 20;
+            tokio::spawn(stream(ws, first, frames))
+        })
+        .collect();
+    let mut sampled_rss = 0;
+    let mut results = Vec::with_capacity(n);
+    tokio::time::sleep(Duration::from_secs(a.seconds / 2)).await;
+    sampled_rss = sampled_rss.max(rss_kib(a.pid)?);
+    for t in tasks {
+        results.push(t.await??);
+    }
+    let (daemon_after, tool_after, now) = (cpu_ticks(a.pid)?, cpu_ticks(std::process::id())?, Instant::now());
+    let wall = (now - cpu_before.2).as_secs_f64();
+    let daemon_cpu = (daemon_after - cpu_before.0) as f64 / clock_ticks() / wall * 100.0;
+    let tool_cpu = (tool_after - cpu_before.1) as f64 / clock_ticks() / wall * 100.0;
+
+    let (mut echo, mut jitter) = (Latencies::default(), Latencies::default());
+    let (mut lost, mut sent) = (0u64, 0u64);
+    for r in &results {
+        lost += r.lost();
+        sent += r.latencies.len() as u64;
+        for (l, d) in r.delays() {
+            echo.record(l);
+            jitter.record(d);
+        }
+    }
+    // The calls have closed; give the daemon a moment to log their end.
+    let mut daemon = DaemonFigures::default();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let more = daemon_figures(&a.daemon_log, log_offset)?;
+        daemon.calls += more.calls;
+        daemon.late += more.late;
+        daemon.skipped += more.skipped;
+        daemon.dropped += more.dropped;
+        daemon.worst_p99_ms = daemon.worst_p99_ms.max(more.worst_p99_ms);
+        daemon.max_delay_us = daemon.max_delay_us.max(more.max_delay_us);
+        if daemon.calls >= n as u64 {
+            break;
+        }
+    }
+    let pass = daemon.calls >= n as u64
+        && daemon.worst_p99_ms <= FRAME.as_millis() as u64
+        && daemon.late + daemon.skipped == 0;
+    println!("--- ivr step: {n} concurrent calls, {} s of audio each ---", a.seconds);
+    println!("frames_sent: {sent}");
+    println!("echoes_lost: {lost}");
+    println!("daemon_calls_reported: {}", daemon.calls);
+    println!("daemon_frame_delay_p99_worst_call: {} ms", daemon.worst_p99_ms);
+    println!("daemon_frame_delay_max: {:.1} ms", daemon.max_delay_us as f64 / 1000.0);
+    println!("daemon_late_frames: {}", daemon.late);
+    println!("daemon_skipped_slots: {}", daemon.skipped);
+    println!("daemon_dropped_inbound_frames: {}", daemon.dropped);
+    echo.print("echo_latency");
+    jitter.print("echo_jitter");
+    println!("daemon_cpu: {daemon_cpu:.1} % of one core ({:.3} % per call)", daemon_cpu / n as f64);
+    println!("loadtool_cpu: {tool_cpu:.1} % of one core");
+    println!(
+        "daemon_rss: {} KiB ({:.1} KiB per call)",
+        sampled_rss,
+        sampled_rss.saturating_sub(rss_before) as f64 / n as f64
+    );
+    println!("step_passes: {pass}");
+    Ok(pass)
+}
+
+type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Connect, send `incoming_call`, wait for `answer`.
+async fn answered_call(url: &str) -> anyhow::Result<Ws> {
+    let mut c = gatewayd_e2e::Client::connect(url).await?;
+    let call = serde_json::json!({"event": "incoming_call", "callerId": "+15550000000", "didNumber": "+18005550100", "sessionId": uuid::Uuid::new_v4().to_string()});
+    c.send_json(&call).await?;
+    let answer = c.recv_json().await?;
+    if answer["event"] != "answer" {
+        bail!("expected answer, got {answer}");
+    }
+    Ok(c.into_websocket())
+}
+
+/// Stream `frames` frames from `first` on, one per 20 ms, and collect the echoes.
+async fn stream(ws: Ws, first: tokio::time::Instant, frames: usize) -> anyhow::Result<CallResult> {
+    let (mut rd, mut wr) = ws.split(tokio::io::split);
+    let sent_at: Arc<Vec<std::sync::OnceLock<Instant>>> = Arc::new((0..frames).map(|_| Default::default()).collect());
+    let times = sent_at.clone();
+    let reader = tokio::spawn(async move {
+        let mut latencies = vec![None; frames];
+        let mut received = 0;
+        let mut ignore = |_: Frame<'_>| async { Ok::<_, std::io::Error>(()) };
+        let deadline = first + FRAME * frames as u32 + Duration::from_secs(2);
+        while received < frames {
+            let f = match tokio::time::timeout_at(deadline, rd.read_frame(&mut ignore)).await {
+                Ok(Ok(f)) => f,
+                _ => break,
+            };
+            if f.opcode != OpCode::Binary || f.payload.len() < 4 {
+                continue;
+            }
+            let seq = u32::from_le_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) as usize;
+            if let Some(t) = times.get(seq).and_then(|t| t.get())
+                && latencies[seq].is_none()
+            {
+                latencies[seq] = Some(t.elapsed());
+                received += 1;
+            }
+        }
+        latencies
+    });
+    let mut frame = vec![0u8; FRAME_BYTES];
+    for seq in 0..frames {
+        tokio::time::sleep_until(first + FRAME * seq as u32).await;
+        frame[..4].copy_from_slice(&(seq as u32).to_le_bytes());
+        let _ = sent_at[seq].set(Instant::now());
+        wr.write_frame(Frame::binary(Payload::Borrowed(&frame))).await?;
+    }
+    let latencies = reader.await?;
+    wr.write_frame(Frame::close(1000, b"")).await.ok();
+    Ok(CallResult { latencies })
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// Clock ticks per second (USER_HZ; 100 on Linux).
+fn clock_ticks() -> f64 {
+    100.0
+}
