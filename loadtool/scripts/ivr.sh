@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # IVR media benchmark: start gatewayd with the ivr plugin in echo mode on a free port, then
 # run `gatewayd-load ivr` against it (N concurrent calls, one 20 ms frame each way per call).
-# Usage: bench/ivr.sh [steps, default 250,500,750,1000,1250,1500] [seconds per step, default 10]
+# Usage: loadtool/scripts/ivr.sh [steps, default 250,500,750,1000,1250,1500] [seconds per step, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/release"
