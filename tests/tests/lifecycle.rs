@@ -319,7 +319,7 @@ async fn hot_reload_keeps_ivr_calls_streaming() {
         .await
         .unwrap();
         assert_eq!(c.recv_json().await.unwrap(), json!({"event": "answer"}));
-        let mut ws = c.into_websocket();
+        let ws = c.into_websocket();
         let stop = stop.clone();
         calls.push(tokio::spawn(async move {
             // Send one frame every 20 ms; measure the largest gap between echoed frames.
