@@ -60,23 +60,9 @@ enum TenantCommand {
         name: String,
     },
     /// Make an agent a member of a business, optionally of one of its departments.
-    AddMembership {
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        business: String,
-        #[arg(long)]
-        department: Option<String>,
-    },
+    AddMembership(Membership),
     /// Remove a membership.
-    RemoveMembership {
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        business: String,
-        #[arg(long)]
-        department: Option<String>,
-    },
+    RemoveMembership(Membership),
     /// Remove a business, department or agent (and what depends on it).
     Remove {
         #[arg(value_parser = ["business", "department", "agent"])]
@@ -87,6 +73,17 @@ enum TenantCommand {
     List,
     /// Add everything in a JSON file shaped like the output of `list`, in one transaction.
     Import { file: PathBuf },
+}
+
+/// An agent's membership in a business, optionally in one of its departments.
+#[derive(clap::Args)]
+struct Membership {
+    #[arg(long)]
+    agent: String,
+    #[arg(long)]
+    business: String,
+    #[arg(long)]
+    department: Option<String>,
 }
 
 /// Entry point of the `gatewayd` binary. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
@@ -150,10 +147,10 @@ async fn tenant(config: &Config, cmd: TenantCommand) -> anyhow::Result<()> {
             tenants::add_department(&store, &id, &business, &name).await?
         }
         TenantCommand::AddAgent { id, user_id, name } => tenants::add_agent(&store, &id, &user_id, &name).await?,
-        TenantCommand::AddMembership { agent, business, department } => {
+        TenantCommand::AddMembership(Membership { agent, business, department }) => {
             tenants::add_membership(&store, &agent, &business, department.as_deref()).await?
         }
-        TenantCommand::RemoveMembership { agent, business, department } => {
+        TenantCommand::RemoveMembership(Membership { agent, business, department }) => {
             tenants::remove_membership(&store, &agent, &business, department.as_deref()).await?
         }
         TenantCommand::Remove { kind, id } => tenants::remove(&store, &kind, &id).await?,
