@@ -17,6 +17,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub media: MediaConfig,
+    #[serde(default)]
     pub auth: AuthConfig,
     /// The admin listener (metrics and health); none when absent.
     pub admin: Option<AdminConfig>,
@@ -70,6 +72,23 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig { url: "sqlite://gatewayd.db".into(), max_connections: 8 }
+    }
+}
+
+/// `[media]`: the threads calls run on (see `media::threads`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Media threads (1..=64); default: one per CPU.
+    pub threads: usize,
+    /// `SCHED_RR` priority of the media threads, 1..=99; 0 keeps normal scheduling.
+    pub realtime_priority: u8,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        MediaConfig { threads: cpus.min(64), realtime_priority: 0 }
     }
 }
 
@@ -358,6 +377,12 @@ impl Config {
         let err = |path: String, message: String| Err(ConfigError { path, message });
         if self.listeners.is_empty() {
             return err("listeners".into(), "at least one listener is required".into());
+        }
+        if !(1..=64).contains(&self.media.threads) {
+            return err("media.threads".into(), "must be 1 to 64".into());
+        }
+        if self.media.realtime_priority > 99 {
+            return err("media.realtime_priority".into(), "must be 0 (off) or 1 to 99".into());
         }
         let mut addresses = BTreeMap::new();
         for (name, l) in &self.listeners {

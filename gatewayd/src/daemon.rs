@@ -54,7 +54,10 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let bus = Arc::new(Bus::new());
     let metrics = Arc::new(Metrics::default());
     let jwt = keys.clone();
-    let media = Arc::new(crate::media::MediaEngine::new(bus.clone()));
+    let media_threads =
+        crate::media::threads::MediaThreads::start(config.media.threads, config.media.realtime_priority)
+            .context("starting the media threads")?;
+    let media = Arc::new(crate::media::MediaEngine::new(bus.clone(), media_threads));
     for (name, p) in &config.plugins {
         let settings = crate::media::PluginMedia {
             recordings_dir: p.media.recordings_dir.clone(),

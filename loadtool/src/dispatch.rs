@@ -76,6 +76,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
 /// fresh metrics and a media engine.
 pub fn in_process_services(bus: &Arc<Bus>, config: &Config) -> anyhow::Result<Arc<Services>> {
     let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&config.auth)?));
-    let media = Arc::new(gatewayd::media::MediaEngine::new(bus.clone()));
+    let media_threads = gatewayd::media::threads::MediaThreads::start(1, 0)?;
+    let media = Arc::new(gatewayd::media::MediaEngine::new(bus.clone(), media_threads));
     Ok(Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics: Arc::default(), media }))
 }

@@ -204,6 +204,9 @@ pub mod config {
     use super::*;
 
     /// Decode the plugin's config table into `T` (use `#[serde(default)]` for optional keys).
+    ///
+    /// The table never changes during an instance's life: a reload with a changed table builds
+    /// new instances. A plugin may therefore decode it once (in a `static OnceLock`) and keep it.
     pub fn load<T: DeserializeOwned>() -> Result<T, String> {
         serde_json::from_str(&gatewayd::plugin::config::get()).map_err(|e| format!("plugin config: {e}"))
     }

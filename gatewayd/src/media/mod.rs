@@ -7,8 +7,8 @@
 //!
 //! Layout: the pure parts are sans-IO and unit-tested on their own ([`codec`], [`resample`],
 //! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`]); [`call`] is the one tokio task per live call
-//! that ties them to a connection; [`MediaEngine`] is the registry the WebSocket server and
-//! the plugin host use.
+//! that ties them to a connection, run on a [`threads`] media thread; [`MediaEngine`] is the
+//! registry the WebSocket server and the plugin host use.
 
 pub mod call;
 pub mod codec;
@@ -21,6 +21,7 @@ pub mod playout;
 pub mod recording;
 pub mod resample;
 pub mod stats;
+pub mod threads;
 
 use crate::bus::{Bus, ConnId};
 use bytes::Bytes;
@@ -70,6 +71,8 @@ struct Call {
     plugin: Arc<str>,
     format: Format,
     events: mpsc::UnboundedSender<MediaEvent>,
+    /// The media thread running the call's task and its socket writer.
+    thread: tokio::runtime::Handle,
     live: Mutex<Option<Live>>,
 }
 
@@ -86,11 +89,18 @@ pub struct MediaEngine {
     calls: DashMap<ConnId, Arc<Call>>,
     files: files::FileLibrary,
     plugins: DashMap<String, PluginMedia>,
+    threads: threads::MediaThreads,
 }
 
 impl MediaEngine {
-    pub fn new(bus: Arc<Bus>) -> MediaEngine {
-        MediaEngine { bus, calls: DashMap::new(), files: files::FileLibrary::default(), plugins: DashMap::new() }
+    pub fn new(bus: Arc<Bus>, threads: threads::MediaThreads) -> MediaEngine {
+        MediaEngine {
+            bus,
+            calls: DashMap::new(),
+            files: files::FileLibrary::default(),
+            plugins: DashMap::new(),
+            threads,
+        }
     }
 
     /// Set up `plugin`'s media: read its audio files and create its recordings directory.
@@ -112,9 +122,19 @@ impl MediaEngine {
     }
 
     /// Register connection `id` of `plugin` on a media route with wire `format`; media events
-    /// go to `events`. The call has no media session until the plugin answers.
-    pub fn register(&self, id: ConnId, plugin: &str, format: Format, events: mpsc::UnboundedSender<MediaEvent>) {
-        self.calls.insert(id, Arc::new(Call { plugin: plugin.into(), format, events, live: Mutex::new(None) }));
+    /// go to `events`. The call has no media session until the plugin answers. Returns the
+    /// media thread the call will run on, where its socket writer belongs too.
+    pub fn register(
+        &self,
+        id: ConnId,
+        plugin: &str,
+        format: Format,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> tokio::runtime::Handle {
+        let thread = self.threads.pick();
+        let call = Call { plugin: plugin.into(), format, events, thread: thread.clone(), live: Mutex::new(None) };
+        self.calls.insert(id, Arc::new(call));
+        thread
     }
 
     /// Forget connection `id`; its media session, if any, ends.
@@ -155,7 +175,7 @@ impl MediaEngine {
             frames: frames_rx,
             recorder,
         };
-        tokio::spawn(task.run());
+        call.thread.spawn(task.run());
         *live = Some(Live { commands, frames, stats });
         Ok(())
     }

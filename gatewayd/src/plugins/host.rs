@@ -240,20 +240,23 @@ impl HostState {
         let allowed = match self.store_access {
             StoreAccess::None => return Err(format!("plugin `{}` has no store capability", self.name)),
             StoreAccess::ReadWrite => true,
-            StoreAccess::Read => is_single_read(sql),
+            StoreAccess::Read => crate::store::is_single_read(sql),
         };
         if !allowed {
             return Err(format!("plugin `{}` may only read: one SELECT or WITH statement", self.name));
+        }
+        if is_transaction_control(sql) {
+            return Err("transaction statements are not available to plugins: each statement commits on its own".into());
         }
         self.services.store.clone().ok_or_else(|| "no database is configured".to_string())
     }
 }
 
-/// A single `SELECT`/`WITH` statement (a `;` is only allowed at the very end).
-fn is_single_read(sql: &str) -> bool {
-    let s = sql.trim().trim_end_matches(';');
-    let head = s.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-    (head == "SELECT" || head == "WITH") && !s.contains(';')
+/// `BEGIN`, `COMMIT`, ...: a plugin's statements share connections (and, on SQLite, write
+/// transactions) with other sessions, so it may not open or end a transaction.
+fn is_transaction_control(sql: &str) -> bool {
+    let head = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"].iter().any(|k| head.eq_ignore_ascii_case(k))
 }
 
 fn from_wit(v: SqlValue) -> Value {
@@ -317,9 +320,18 @@ impl log::Host for HostState {
 mod tests {
     #[test]
     fn read_capability_allows_one_select() {
-        assert!(super::is_single_read(" select 1;"));
-        assert!(super::is_single_read("WITH x AS (SELECT 1) SELECT * FROM x"));
-        assert!(!super::is_single_read("SELECT 1; DELETE FROM agents"));
-        assert!(!super::is_single_read("DELETE FROM agents"));
+        assert!(crate::store::is_single_read(" select 1;"));
+        assert!(crate::store::is_single_read("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(!crate::store::is_single_read("SELECT 1; DELETE FROM agents"));
+        assert!(!crate::store::is_single_read("DELETE FROM agents"));
+    }
+
+    #[test]
+    fn transaction_control_is_refused() {
+        assert!(super::is_transaction_control(" begin immediate"));
+        assert!(super::is_transaction_control("COMMIT;"));
+        assert!(super::is_transaction_control("savepoint a"));
+        assert!(!super::is_transaction_control("INSERT INTO ended (x) VALUES (1)"));
+        assert!(!super::is_transaction_control("SELECT 1"));
     }
 }

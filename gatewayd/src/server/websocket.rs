@@ -57,8 +57,14 @@ pub async fn serve(
     let closing = Arc::new(Notify::new());
     let session = Arc::new(SessionCell::default());
     let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
-    let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone()));
     let media = accepted.media.map(|format| media_events(id, format, &plugin, &session));
+    // A call's writer runs on its media thread, beside the call task that feeds it frames.
+    let write = write_loop(wr, outbox.clone(), closing.clone());
+    let writer = match &media {
+        Some((_, thread)) => thread.spawn(write),
+        None => tokio::spawn(write),
+    };
+    let media = media.map(|(forwarder, _)| forwarder);
 
     let info = ConnectInfo {
         id,
@@ -92,21 +98,23 @@ pub async fn serve(
 }
 
 /// Register a connection of a media route with the media engine and forward its media events
-/// to the plugin, in order, as session events. The task ends when the call is unregistered.
+/// to the plugin, in order, as session events. Returns the forwarding task, which ends when the
+/// call is unregistered, and the media thread the call runs on.
 fn media_events(
     id: u64,
     format: crate::media::format::Format,
     plugin: &Arc<Plugin>,
     session: &Arc<SessionCell>,
-) -> tokio::task::JoinHandle<()> {
+) -> (tokio::task::JoinHandle<()>, tokio::runtime::Handle) {
     let (events, mut rx) = mpsc::unbounded_channel();
-    plugin.services().media.register(id, plugin.name(), format, events);
+    let thread = plugin.services().media.register(id, plugin.name(), format, events);
     let (plugin, session) = (plugin.clone(), session.clone());
-    tokio::spawn(async move {
+    let forwarder = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             let _ = plugin.dispatch_in_session(id, &session, Event::Media(id, event)).await;
         }
-    })
+    });
+    (forwarder, thread)
 }
 
 type Reader = fastwebsockets::FragmentCollectorRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>;

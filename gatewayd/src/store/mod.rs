@@ -3,12 +3,16 @@
 //! into the binary; they run at start-up and with `gatewayd migrate`.
 //!
 //! SQL uses `$1`, `$2`, ... placeholders, which both backends accept.
+//!
+//! On SQLite, reads use the pool and writes go through one connection with group commit
+//! ([`writer`]); on PostgreSQL every statement uses the pool.
 
 pub mod tenants;
+pub mod writer;
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row, TypeInfo, ValueRef};
+use sqlx::{AnyConnection, AnyPool, Connection, Row, TypeInfo, ValueRef};
 use std::path::Path;
 
 /// Which database the pool talks to.
@@ -34,6 +38,32 @@ pub enum Value {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: the single write connection.
+    writer: Option<writer::Writer>,
+}
+
+/// SQLite settings of every connection. Pages are read through a memory map (no copy per
+/// read; the OS page cache is shared by all connections).
+const SQLITE_PRAGMAS: [&str; 5] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA mmap_size = 268435456",
+];
+
+/// SQLite settings of the write connection: it never checkpoints; [`checkpoint_loop`] does, on
+/// another connection, so copying the WAL into the database never stalls a write.
+const SQLITE_WRITER_PRAGMAS: [&str; 1] = ["PRAGMA wal_autocheckpoint = 0"];
+
+/// How often the WAL is copied into the database (SQLite).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A single `SELECT`/`WITH` statement (a `;` is only allowed at the very end).
+pub fn is_single_read(sql: &str) -> bool {
+    let s = sql.trim().trim_end_matches(';');
+    let head = s.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    (head == "SELECT" || head == "WITH") && !s.contains(';')
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -41,7 +71,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 
 impl Store {
     /// Connect to `url` (`sqlite://<path>`, relative to `state_dir`, or `postgres://...`).
-    /// SQLite files are created when missing and opened in WAL mode with foreign keys on.
+    /// SQLite files are created when missing and opened in WAL mode with foreign keys on;
+    /// SQLite gets `max_connections` read connections plus one write connection.
     pub async fn connect(url: &str, state_dir: &Path, max_connections: u32) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
@@ -56,17 +87,13 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
+            // A SQLite connection is a file handle: a ping before each use is a wasted round
+            // trip to its worker thread.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA busy_timeout = 5000",
-                            "PRAGMA foreign_keys = ON",
-                            "PRAGMA synchronous = NORMAL",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
+                        sqlite_pragmas(conn).await?;
                     }
                     Ok(())
                 })
@@ -74,7 +101,19 @@ impl Store {
             .connect(&url)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
-        Ok(Store { pool, backend })
+        let writer = match backend {
+            Backend::Sqlite => {
+                let mut conn = AnyConnection::connect(&url).await.context("opening the SQLite write connection")?;
+                sqlite_pragmas(&mut conn).await?;
+                for pragma in SQLITE_WRITER_PRAGMAS {
+                    sqlx::query(pragma).execute(&mut conn).await?;
+                }
+                tokio::spawn(checkpoint_loop(pool.clone()));
+                Some(writer::Writer::spawn(conn))
+            }
+            Backend::Postgres => None,
+        };
+        Ok(Store { pool, backend, writer })
     }
 
     pub fn backend(&self) -> Backend {
@@ -94,15 +133,33 @@ impl Store {
         &self.pool
     }
 
-    /// Run a query; each row is its column values in select order.
+    /// Run a query; each row is its column values in select order. A write (anything but one
+    /// `SELECT`/`WITH`) has committed when this returns.
     pub async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, sqlx::Error> {
+        if let Some(w) = self.writer_for(sql) {
+            return match w.write(sql, params, true).await? {
+                writer::Outcome::Rows(rows) => Ok(rows),
+                writer::Outcome::Affected(_) => Ok(Vec::new()),
+            };
+        }
         let rows = self.prepare(sql, params).fetch_all(&self.pool).await?;
         rows.iter().map(row_values).collect()
     }
 
-    /// Run a statement; returns the number of rows affected.
+    /// Run a statement; returns the number of rows affected, after it committed.
     pub async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, sqlx::Error> {
+        if let Some(w) = self.writer_for(sql) {
+            return match w.write(sql, params, false).await? {
+                writer::Outcome::Affected(n) => Ok(n),
+                writer::Outcome::Rows(_) => Ok(0),
+            };
+        }
         Ok(self.prepare(sql, params).execute(&self.pool).await?.rows_affected())
+    }
+
+    /// The group-commit writer, when `sql` is a write on SQLite.
+    fn writer_for(&self, sql: &str) -> Option<&writer::Writer> {
+        self.writer.as_ref().filter(|_| !is_single_read(sql))
     }
 
     /// Bind `params` to `sql`. On PostgreSQL a prepared statement keeps the parameter types of
@@ -128,6 +185,30 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await
     }
+}
+
+/// Checkpoint the WAL every [`CHECKPOINT_EVERY`] on a pool connection. `PASSIVE` copies what
+/// it can without blocking the writer or readers; the writer restarts the WAL file once it has
+/// all been copied. Ends when the pool is closed.
+async fn checkpoint_loop(pool: AnyPool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !pool.is_closed() {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            if pool.is_closed() {
+                break;
+            }
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    for pragma in SQLITE_PRAGMAS {
+        sqlx::query(pragma).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;

@@ -37,8 +37,14 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Decode and check the plugin's config table.
+    /// The plugin's config table, decoded and checked once per instance: an instance belongs to
+    /// one plugin version, and a reload with new config starts new instances.
     pub fn load() -> Result<Settings, String> {
+        static CACHED: std::sync::OnceLock<Result<Settings, String>> = std::sync::OnceLock::new();
+        CACHED.get_or_init(Settings::decode).clone()
+    }
+
+    fn decode() -> Result<Settings, String> {
         let s: Settings = gatewayd_plugin::config::load()?;
         if !(s.public_base_url.starts_with("http://") || s.public_base_url.starts_with("https://")) {
             return Err("chat config: public_base_url must start with http:// or https://".into());
