@@ -15,6 +15,9 @@ cat > "$DIR/gatewayd.toml" <<TOML
 state_dir = "$DIR/state"
 log_level = "info"
 log_format = "json"
+[media]
+realtime_priority = ${IVR_BENCH_RT:-0}
+threads = ${IVR_BENCH_MEDIA_THREADS:-2}
 [listeners.ivr]
 address = "127.0.0.1:$PORT"
 send_queue_frames = 1024
@@ -31,9 +34,9 @@ file = "$PWD/build/plugins/ivr.wasm"
 # Echo only: no DTMF or hangup while the benchmark streams.
 dtmf_delay_ms = 3600000
 TOML
-"$BIN/gatewayd" run --config "$DIR/gatewayd.toml" 2> "$DIR/gatewayd.log" &
+${IVR_BENCH_DAEMON_CPUS:+taskset -c $IVR_BENCH_DAEMON_CPUS} ${IVR_BENCH_NICE:+nice -n $IVR_BENCH_NICE} "$BIN/gatewayd" run --config "$DIR/gatewayd.toml" 2> "$DIR/gatewayd.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-"$BIN/gatewayd-load" ivr --url "ws://127.0.0.1:$PORT/" --pid "$PID" --steps "$STEPS" --seconds "$SECONDS_PER_STEP" --daemon-log "$DIR/gatewayd.log"
+${IVR_BENCH_LOAD_CPUS:+taskset -c $IVR_BENCH_LOAD_CPUS} ${IVR_BENCH_LOAD_RT:+chrt -r $IVR_BENCH_LOAD_RT} "$BIN/gatewayd-load" ivr --url "ws://127.0.0.1:$PORT/" --pid "$PID" --steps "$STEPS" --seconds "$SECONDS_PER_STEP" --daemon-log "$DIR/gatewayd.log"

@@ -1,9 +1,10 @@
-//! The task of one live call: it owns the codec, the play queue, the echo buffer and the
-//! recorder, and sends one frame per 20 ms slot (see [`super::pacer`]).
+//! The state of one live call: its codec, play queue, echo buffer, recorder and pacer.
 //!
-//! Inputs arrive on two queues: commands from the plugin's media calls (unbounded; a handful
-//! per call) and the caller's frames (bounded; a frame that finds it full is dropped and
-//! counted). Commands are served first, so `clear` takes effect before the next slot.
+//! A call has no task of its own. The connection's reader hands it the caller's frames
+//! ([`Call::frame`]), the plugin's media calls change it ([`Call::command`]), and the media
+//! [`super::clock`] calls [`Call::tick`] once per 20 ms slot: all three under the call's lock,
+//! each for a few microseconds. So a frame costs no task wake-up on the way in, and a slot no
+//! timer of its own; a command takes effect before the next slot.
 
 use super::MediaEvent;
 use super::codec::Codec;
@@ -21,10 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Caller frames waiting to be processed by the call's task, at most.
-pub const INBOUND_QUEUE_FRAMES: usize = 64;
-
-/// A plugin's media call, forwarded to the call's task.
+/// A plugin's media call, applied to the call at once.
 pub enum Command {
     /// Queue audio at the session rate.
     Play(Arc<[i16]>),
@@ -38,81 +36,155 @@ pub enum Command {
     Record(Option<Recorder>),
 }
 
-/// What a call task needs.
-pub struct CallTask {
+/// One answered call.
+pub struct Call {
+    id: ConnId,
+    format: Format,
+    codec: Codec,
+    bus: Arc<Bus>,
+    stats: Arc<CallStats>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    recorder: Option<Recorder>,
+    queue: PlayQueue,
+    echo: bool,
+    echo_buf: EchoBuffer,
+    /// Caller audio not yet written to the recording.
+    to_record: VecDeque<i16>,
+    /// Reused buffers: decoded caller frame, outgoing frame, encoded outgoing frame.
+    pcm: Vec<i16>,
+    out: Vec<i16>,
+    reached: Vec<Reached>,
+    pacer: Pacer,
+    delays: DelayHistogram,
+}
+
+/// What a call needs at answer.
+pub struct CallSetup {
     pub id: ConnId,
     pub format: Format,
     pub codec: Codec,
     pub bus: Arc<Bus>,
     pub stats: Arc<CallStats>,
     pub events: mpsc::UnboundedSender<MediaEvent>,
-    pub commands: mpsc::UnboundedReceiver<Command>,
-    pub frames: mpsc::Receiver<Bytes>,
     pub recorder: Option<Recorder>,
 }
 
-impl CallTask {
-    /// Run until the call is hung up or its connection closes (a queue's senders are gone).
-    pub async fn run(mut self) {
-        let n = self.format.frame_samples();
-        let mut queue = PlayQueue::new(n);
-        let mut echo = false;
-        let mut echo_buf = EchoBuffer::default();
-        // Caller audio not yet written to the recording.
-        let mut to_record: VecDeque<i16> = VecDeque::new();
-        let (mut pcm, mut out, mut reached) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
-        let mut pacer = Pacer::new(Instant::now() + FRAME);
-        let mut delays = DelayHistogram::default();
-        let sleep = tokio::time::sleep_until(pacer.deadline());
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                biased;
-                cmd = self.commands.recv() => match cmd {
-                    None => break,
-                    Some(Command::Play(samples)) => queue.push_audio(samples),
-                    Some(Command::Mark(name)) => queue.push_mark(name),
-                    Some(Command::Clear) => {
-                        queue.clear();
-                        echo_buf.clear();
-                    }
-                    Some(Command::Echo(on)) => {
-                        echo = on;
-                        if !on {
-                            echo_buf.clear();
-                        }
-                    }
-                    Some(Command::Record(r)) => {
-                        if let Some(old) = std::mem::replace(&mut self.recorder, r) {
-                            old.finish();
-                        }
-                        to_record.clear();
-                    }
-                },
-                _ = &mut sleep => {
-                    if let Some(delay) = self.tick(&mut pacer, &mut queue, &mut echo_buf, &mut to_record, &mut out, &mut reached) {
-                        delays.record(delay);
-                    }
-                    sleep.as_mut().reset(pacer.deadline());
+impl Call {
+    /// A call whose first slot is one frame from now.
+    pub fn new(setup: CallSetup) -> Call {
+        let n = setup.format.frame_samples();
+        Call {
+            id: setup.id,
+            format: setup.format,
+            codec: setup.codec,
+            bus: setup.bus,
+            stats: setup.stats,
+            events: setup.events,
+            recorder: setup.recorder,
+            queue: PlayQueue::new(n),
+            echo: false,
+            echo_buf: EchoBuffer::default(),
+            to_record: VecDeque::new(),
+            pcm: Vec::with_capacity(n),
+            out: Vec::with_capacity(n),
+            reached: Vec::new(),
+            pacer: Pacer::new(Instant::now() + FRAME),
+            delays: DelayHistogram::default(),
+        }
+    }
+
+    /// When the next frame is due.
+    pub fn deadline(&self) -> Instant {
+        self.pacer.deadline()
+    }
+
+    pub fn command(&mut self, command: Command) {
+        match command {
+            Command::Play(samples) => self.queue.push_audio(samples),
+            Command::Mark(name) => self.queue.push_mark(name),
+            Command::Clear => {
+                self.queue.clear();
+                self.echo_buf.clear();
+            }
+            Command::Echo(on) => {
+                self.echo = on;
+                if !on {
+                    self.echo_buf.clear();
                 }
-                frame = self.frames.recv() => match frame {
-                    None => break,
-                    Some(frame) => {
-                        if self.codec.decode(&frame, n, &mut pcm).is_err() {
-                            CallStats::add(&self.stats.rejected_frames, 1);
-                            let _ = self.events.send(MediaEvent::FrameRejected("undecodable audio frame".into()));
-                            continue;
-                        }
-                        if self.recorder.is_some() && to_record.len() < n * super::echo::MAX_FRAMES {
-                            to_record.extend(pcm.iter().copied());
-                        }
-                        if echo && !echo_buf.push(&pcm) {
-                            CallStats::add(&self.stats.dropped_frames, 1);
-                        }
-                    }
-                },
+            }
+            Command::Record(r) => {
+                if let Some(old) = std::mem::replace(&mut self.recorder, r) {
+                    old.finish();
+                }
+                self.to_record.clear();
             }
         }
+    }
+
+    /// A caller frame (its size already checked): decode it for the echo and the recording.
+    pub fn frame(&mut self, frame: &[u8]) {
+        let n = self.format.frame_samples();
+        if self.codec.decode(frame, n, &mut self.pcm).is_err() {
+            CallStats::add(&self.stats.rejected_frames, 1);
+            let _ = self.events.send(MediaEvent::FrameRejected("undecodable audio frame".into()));
+            return;
+        }
+        if self.recorder.is_some() && self.to_record.len() < n * super::echo::MAX_FRAMES {
+            self.to_record.extend(self.pcm.iter().copied());
+        }
+        if self.echo && !self.echo_buf.push(&self.pcm) {
+            CallStats::add(&self.stats.dropped_frames, 1);
+        }
+    }
+
+    /// One 20 ms slot, at `now` (at or after [`Call::deadline`]): mix the next queued frame
+    /// with the next echoed one, send it, record both directions, then report the marks the
+    /// sent audio has reached.
+    pub fn tick(&mut self, now: Instant) {
+        let n = self.format.frame_samples();
+        let tick = self.pacer.tick(now);
+        let played = self.queue.next_frame(&mut self.out);
+        let (echoed, trimmed) = self.echo_buf.pop();
+        CallStats::add(&self.stats.dropped_frames, trimmed as u64);
+        if let Some(e) = echoed {
+            if played {
+                self.out.iter_mut().zip(&e).for_each(|(o, &s)| *o = o.saturating_add(s));
+            } else {
+                self.out = e;
+            }
+        }
+        if !self.out.is_empty() {
+            let mut wire = Vec::with_capacity(n * 2);
+            self.codec.encode(&self.out, &mut wire);
+            let len = wire.len() as u64;
+            if self.bus.send(self.id, Outbound::Binary(Bytes::from(wire))) {
+                let s = &self.stats;
+                CallStats::add(&s.frames_out, 1);
+                CallStats::add(&s.bytes_out, len);
+                CallStats::add(&s.late_frames, tick.late as u64);
+                CallStats::add(&s.skipped_slots, tick.skipped as u64);
+                s.max_delay_us.fetch_max(tick.delay.as_micros() as u64, Relaxed);
+                self.delays.record(tick.delay);
+            }
+        }
+        if let Some(r) = self.recorder.as_mut() {
+            let take = self.to_record.len().min(n);
+            let inbound: Vec<i16> = self.to_record.drain(..take).collect();
+            r.write_block(&inbound, &self.out, n);
+        }
+        self.reached.clear();
+        self.queue.reached(&mut self.reached);
+        for r in self.reached.drain(..) {
+            let event = match r {
+                Reached::Mark(name) => MediaEvent::Mark(name),
+                Reached::Finished => MediaEvent::PlayFinished,
+            };
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// The call ends (hang-up or connection closed): close the recording, log the figures.
+    pub fn finish(mut self) {
         if let Some(r) = self.recorder.take() {
             r.finish();
         }
@@ -128,65 +200,9 @@ impl CallTask {
             dropped_frames = s.dropped_frames,
             rejected_frames = s.rejected_frames,
             max_delay_us = s.max_delay_us,
-            p99_delay_ms = delays.quantile_ms(0.99),
+            p99_delay_ms = self.delays.quantile_ms(0.99),
             "media call ended"
         );
-    }
-
-    /// One 20 ms slot: mix the next queued frame with the next echoed one, send it, record
-    /// both directions, then report the marks the sent audio has reached. Returns the sent
-    /// frame's delay behind its slot, when a frame was sent.
-    fn tick(
-        &mut self,
-        pacer: &mut Pacer,
-        queue: &mut PlayQueue,
-        echo_buf: &mut EchoBuffer,
-        to_record: &mut VecDeque<i16>,
-        out: &mut Vec<i16>,
-        reached: &mut Vec<Reached>,
-    ) -> Option<std::time::Duration> {
-        let n = self.format.frame_samples();
-        let tick = pacer.tick(Instant::now());
-        let mut sent = None;
-        let played = queue.next_frame(out);
-        let (echoed, trimmed) = echo_buf.pop();
-        CallStats::add(&self.stats.dropped_frames, trimmed as u64);
-        if let Some(e) = echoed {
-            if played {
-                out.iter_mut().zip(&e).for_each(|(o, &s)| *o = o.saturating_add(s));
-            } else {
-                *out = e;
-            }
-        }
-        if !out.is_empty() {
-            let mut wire = Vec::with_capacity(n * 2);
-            self.codec.encode(out, &mut wire);
-            let len = wire.len() as u64;
-            if self.bus.send(self.id, Outbound::Binary(Bytes::from(wire))) {
-                let s = &self.stats;
-                CallStats::add(&s.frames_out, 1);
-                CallStats::add(&s.bytes_out, len);
-                CallStats::add(&s.late_frames, tick.late as u64);
-                CallStats::add(&s.skipped_slots, tick.skipped as u64);
-                s.max_delay_us.fetch_max(tick.delay.as_micros() as u64, Relaxed);
-                sent = Some(tick.delay);
-            }
-        }
-        if let Some(r) = self.recorder.as_mut() {
-            let take = to_record.len().min(n);
-            let inbound: Vec<i16> = to_record.drain(..take).collect();
-            r.write_block(&inbound, out, n);
-        }
-        reached.clear();
-        queue.reached(reached);
-        for r in reached.drain(..) {
-            let event = match r {
-                Reached::Mark(name) => MediaEvent::Mark(name),
-                Reached::Finished => MediaEvent::PlayFinished,
-            };
-            let _ = self.events.send(event);
-        }
-        sent
     }
 }
 

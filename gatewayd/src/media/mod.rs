@@ -6,11 +6,12 @@
 //! frame rejected); audio itself never crosses into Wasm.
 //!
 //! Layout: the pure parts are sans-IO and unit-tested on their own ([`codec`], [`resample`],
-//! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`]); [`call`] is the one tokio task per live call
-//! that ties them to a connection, run on a [`threads`] media thread; [`MediaEngine`] is the
-//! registry the WebSocket server and the plugin host use.
+//! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`]); [`call`] is the state of one live
+//! call that ties them to a connection, ticked every 20 ms by a [`clock`] on the [`threads`]
+//! media runtime; [`MediaEngine`] is the registry the WebSocket server and the plugin host use.
 
 pub mod call;
+pub mod clock;
 pub mod codec;
 pub mod dtmf;
 pub mod echo;
@@ -25,7 +26,8 @@ pub mod threads;
 
 use crate::bus::{Bus, ConnId};
 use bytes::Bytes;
-use call::{CallTask, Command, INBOUND_QUEUE_FRAMES};
+use call::{Call, CallSetup, Command};
+use clock::CallCell;
 use codec::{Codec, OPUS_MAX_PACKET};
 use dashmap::DashMap;
 use format::{CodecName, Format};
@@ -51,7 +53,7 @@ pub enum MediaEvent {
 pub enum FrameOutcome {
     /// The call is not answered (or has been hung up): the frame is the plugin's business.
     NotAnswered(Bytes),
-    /// Queued for the call's task (or dropped and counted when its queue was full).
+    /// Taken by the call (or dropped and counted when its echo buffer was full).
     Accepted,
     /// Refused, with the reason.
     Rejected(String),
@@ -67,26 +69,32 @@ pub struct PluginMedia {
 }
 
 /// A connection on a media route.
-struct Call {
+struct Entry {
     plugin: Arc<str>,
     format: Format,
     events: mpsc::UnboundedSender<MediaEvent>,
-    /// The media thread running the call's task and its socket writer.
-    thread: tokio::runtime::Handle,
     live: Mutex<Option<Live>>,
 }
 
 /// The running media session of an answered call.
 struct Live {
-    commands: mpsc::UnboundedSender<Command>,
-    frames: mpsc::Sender<Bytes>,
+    call: Arc<CallCell>,
     stats: Arc<CallStats>,
+}
+
+impl Live {
+    /// End the call: the clock forgets it, its figures are logged.
+    fn end(self) {
+        if let Some(call) = self.call.lock().take() {
+            call.finish();
+        }
+    }
 }
 
 /// The registry of calls. One per daemon.
 pub struct MediaEngine {
     bus: Arc<Bus>,
-    calls: DashMap<ConnId, Arc<Call>>,
+    calls: DashMap<ConnId, Arc<Entry>>,
     files: files::FileLibrary,
     plugins: DashMap<String, PluginMedia>,
     threads: threads::MediaThreads,
@@ -122,27 +130,26 @@ impl MediaEngine {
     }
 
     /// Register connection `id` of `plugin` on a media route with wire `format`; media events
-    /// go to `events`. The call has no media session until the plugin answers. Returns the
-    /// media thread the call will run on, where its socket writer belongs too.
-    pub fn register(
-        &self,
-        id: ConnId,
-        plugin: &str,
-        format: Format,
-        events: mpsc::UnboundedSender<MediaEvent>,
-    ) -> tokio::runtime::Handle {
-        let thread = self.threads.pick();
-        let call = Call { plugin: plugin.into(), format, events, thread: thread.clone(), live: Mutex::new(None) };
-        self.calls.insert(id, Arc::new(call));
-        thread
+    /// go to `events`. The call has no media session until the plugin answers.
+    pub fn register(&self, id: ConnId, plugin: &str, format: Format, events: mpsc::UnboundedSender<MediaEvent>) {
+        self.calls.insert(id, Arc::new(Entry { plugin: plugin.into(), format, events, live: Mutex::new(None) }));
+    }
+
+    /// The media runtime, where calls' connections run.
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self.threads.handle()
     }
 
     /// Forget connection `id`; its media session, if any, ends.
     pub fn unregister(&self, id: ConnId) {
-        self.calls.remove(&id);
+        if let Some((_, entry)) = self.calls.remove(&id)
+            && let Some(live) = entry.live.lock().take()
+        {
+            live.end();
+        }
     }
 
-    fn call(&self, id: ConnId, plugin: &str) -> Result<Arc<Call>, String> {
+    fn call(&self, id: ConnId, plugin: &str) -> Result<Arc<Entry>, String> {
         match self.calls.get(&id) {
             Some(c) if &*c.plugin == plugin => Ok(c.clone()),
             _ => Err(format!("connection {id} is not a call on one of this plugin's media routes")),
@@ -161,22 +168,19 @@ impl MediaEngine {
             Some(_) => Some(self.new_recorder(id, &call)?),
             None => None,
         };
-        let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (frames, frames_rx) = mpsc::channel(INBOUND_QUEUE_FRAMES);
         let stats = Arc::new(CallStats::default());
-        let task = CallTask {
+        let setup = CallSetup {
             id,
             format: call.format,
             codec,
             bus: self.bus.clone(),
             stats: stats.clone(),
             events: call.events.clone(),
-            commands: commands_rx,
-            frames: frames_rx,
             recorder,
         };
-        call.thread.spawn(task.run());
-        *live = Some(Live { commands, frames, stats });
+        let cell = Arc::new(CallCell::new(Some(Call::new(setup))));
+        self.threads.clock().add(cell.clone());
+        *live = Some(Live { call: cell, stats });
         Ok(())
     }
 
@@ -191,8 +195,8 @@ impl MediaEngine {
         }
         CallStats::add(&live.stats.frames_in, 1);
         CallStats::add(&live.stats.bytes_in, frame.len() as u64);
-        if live.frames.try_send(frame).is_err() {
-            CallStats::add(&live.stats.dropped_frames, 1);
+        if let Some(c) = live.call.lock().as_mut() {
+            c.frame(&frame);
         }
         FrameOutcome::Accepted
     }
@@ -201,7 +205,9 @@ impl MediaEngine {
         let call = self.call(id, plugin)?;
         let live = call.live.lock();
         let live = live.as_ref().ok_or_else(|| format!("call {id} is not answered"))?;
-        live.commands.send(command).map_err(|_| format!("call {id} has ended"))
+        let mut call = live.call.lock();
+        call.as_mut().ok_or_else(|| format!("call {id} has ended"))?.command(command);
+        Ok(())
     }
 
     /// Queue `plugin`'s audio file `name`.
@@ -261,7 +267,7 @@ impl MediaEngine {
         Ok(path)
     }
 
-    fn new_recorder(&self, id: ConnId, call: &Call) -> Result<recording::Recorder, String> {
+    fn new_recorder(&self, id: ConnId, call: &Entry) -> Result<recording::Recorder, String> {
         let dir = self
             .plugins
             .get(&*call.plugin)
@@ -273,7 +279,9 @@ impl MediaEngine {
 
     /// End call `id`'s media session (queued audio is dropped). Later frames go to the plugin.
     pub fn hangup(&self, id: ConnId, plugin: &str) -> Result<(), String> {
-        self.call(id, plugin)?.live.lock().take();
+        if let Some(live) = self.call(id, plugin)?.live.lock().take() {
+            live.end();
+        }
         Ok(())
     }
 

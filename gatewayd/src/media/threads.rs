@@ -1,11 +1,11 @@
-//! The media threads: each runs a single-threaded tokio runtime that hosts the call tasks and
-//! the socket writers of media connections (`[media]` in the config).
+//! The media threads: a tokio runtime of their own that hosts the calls' connections (socket,
+//! reader, writer) and the media clocks that tick them (`[media]` in the config).
 //!
 //! On the daemon's main runtime a call's 20 ms tick would queue behind whatever else that
 //! worker runs: HTTP requests, plugin events (a Wasm event may run for milliseconds), database
 //! replies. Here a tick waits for nothing but other ticks, and the frame it produces is written
-//! to the socket by a writer on the same thread, without a cross-thread wake-up. Calls are
-//! spread over the threads round-robin; each keeps its thread for its whole life.
+//! to the socket by a writer on the same runtime. The threads steal work from each other, so a
+//! thread the OS preempts does not hold up the calls queued on it.
 //!
 //! With `realtime_priority` set, the threads run under `SCHED_RR` at that priority (what
 //! telephony servers such as FreeSWITCH do for their media threads), so busy normal-priority
@@ -13,12 +13,18 @@
 //! `RLIMIT_RTPRIO` of at least that priority (systemd: `LimitRTPRIO=`); without either the
 //! threads keep normal scheduling and a warning is logged.
 
+use super::clock::Clock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 
-/// The media threads' runtimes.
+/// The media runtime and its clocks.
 pub struct MediaThreads {
-    handles: Vec<Handle>,
+    runtime: Option<Runtime>,
+    handle: Handle,
+    threads: usize,
+    /// One clock per thread; calls are spread over them round-robin.
+    clocks: Vec<Arc<Clock>>,
     next: AtomicUsize,
 }
 
@@ -26,34 +32,57 @@ impl MediaThreads {
     /// Start `threads` media threads (at least one), under `SCHED_RR` at `realtime_priority`
     /// (1..=99) when it is not 0.
     pub fn start(threads: usize, realtime_priority: u8) -> std::io::Result<MediaThreads> {
-        let mut handles = Vec::with_capacity(threads.max(1));
-        for i in 0..threads.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            handles.push(runtime.handle().clone());
-            std::thread::Builder::new().name(format!("gatewayd-media-{i}")).spawn(move || {
+        let threads = threads.max(1);
+        let started = AtomicUsize::new(0);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("gatewayd-media")
+            .on_thread_start(move || {
                 if realtime_priority > 0 {
-                    set_realtime(i, realtime_priority);
+                    set_realtime(started.fetch_add(1, Ordering::Relaxed), realtime_priority);
                 }
-                // Runs until the process exits: call tasks end with their connections.
-                runtime.block_on(std::future::pending::<()>());
-            })?;
-        }
-        Ok(MediaThreads { handles, next: AtomicUsize::new(0) })
+            })
+            .enable_all()
+            .build()?;
+        let clocks = {
+            let _on_media_runtime = runtime.enter();
+            (0..threads).map(|_| Clock::start()).collect()
+        };
+        Ok(MediaThreads {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            threads,
+            clocks,
+            next: AtomicUsize::new(0),
+        })
     }
 
-    /// The runtime of the next call's thread (round-robin).
-    pub fn pick(&self) -> Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[i].clone()
+    /// The media runtime.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The clock for a new call.
+    pub fn clock(&self) -> &Clock {
+        &self.clocks[self.next.fetch_add(1, Ordering::Relaxed) % self.clocks.len()]
     }
 
     /// Number of media threads.
     pub fn len(&self) -> usize {
-        self.handles.len()
+        self.threads
     }
 
     pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
+        self.threads == 0
+    }
+}
+
+impl Drop for MediaThreads {
+    fn drop(&mut self) {
+        // Dropped from async code at shutdown: do not wait for the calls' tasks.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -7,14 +7,14 @@
 
 use crate::bus::{Bus, ConnParts, Next, Outbound, Outbox, SessionCell};
 use crate::media::{FrameOutcome, MediaEvent};
-use crate::plugins::{ConnectInfo, Event, Plugin};
+use crate::plugins::{ConnectInfo, Event, Fault, Plugin};
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::WriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{Notify, mpsc};
 
 /// How long a peer has to answer our close frame before the socket is dropped.
@@ -34,37 +34,144 @@ pub struct Accepted {
 }
 
 /// Serve one upgraded connection until it closes.
+///
+/// A call (a connection of a media route) moves to the media runtime: its socket is
+/// re-registered there, so reading its frames, the media clock's 20 ms ticks and writing its
+/// frames never queue behind plugin events or HTTP work on the main runtime. Its plugin events
+/// still run on the main runtime. Other connections stay where hyper accepted them.
 pub async fn serve(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     accepted: Accepted,
     plugin: Arc<Plugin>,
     bus: Arc<Bus>,
 ) {
-    let mut ws = match upgrade.await {
+    let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "websocket upgrade failed");
             return;
         }
     };
+    if accepted.media.is_none() {
+        return run(ws, tokio::io::split, accepted, plugin, bus, Placement::main()).await;
+    }
+    let thread = plugin.services().media.runtime();
+    match detach(ws) {
+        Detached::Socket(socket, buffered) => {
+            let placement = Placement { events: Some(tokio::runtime::Handle::current()) };
+            thread.spawn(async move {
+                match tokio::net::TcpStream::from_std(socket) {
+                    Ok(tcp) => {
+                        let ws = WebSocket::after_handshake(tcp, Role::Server);
+                        // Bytes hyper read past the handshake come first.
+                        let split = move |s: tokio::net::TcpStream| {
+                            let (r, w) = s.into_split();
+                            (std::io::Cursor::new(buffered.clone()).chain(r), w)
+                        };
+                        run(ws, split, accepted, plugin, bus, placement).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not move a call to its media thread"),
+                }
+            });
+        }
+        Detached::NotTcp(ws) => run(*ws, tokio::io::split, accepted, plugin, bus, Placement::main()).await,
+        Detached::Lost => {}
+    }
+}
+
+type Upgrade = WebSocket<TokioIo<Upgraded>>;
+
+/// What [`detach`] made of an upgraded connection.
+enum Detached {
+    /// The TCP socket, deregistered from this runtime, and the bytes hyper had already read
+    /// past the handshake.
+    Socket(std::net::TcpStream, Bytes),
+    /// Not a TCP connection: returned as it was.
+    NotTcp(Box<Upgrade>),
+    /// The socket could not be deregistered; it is closed.
+    Lost,
+}
+
+/// Take the TCP socket out of an upgraded connection.
+fn detach(ws: Upgrade) -> Detached {
+    let upgraded = ws.into_inner().into_inner();
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => match parts.io.into_inner().into_std() {
+            Ok(socket) => Detached::Socket(socket, parts.read_buf),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not deregister a call's socket");
+                Detached::Lost
+            }
+        },
+        Err(upgraded) => Detached::NotTcp(Box::new(WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server))),
+    }
+}
+
+/// Where a connection's tasks run.
+struct Placement {
+    /// Set when the connection runs on a media thread: its plugin events run on this (the
+    /// main) runtime instead, so a slow event never delays a frame.
+    events: Option<tokio::runtime::Handle>,
+}
+
+impl Placement {
+    fn main() -> Placement {
+        Placement { events: None }
+    }
+}
+
+/// Runs a connection's plugin events, in order, where its [`Placement`] says.
+#[derive(Clone)]
+struct Events {
+    plugin: Arc<Plugin>,
+    session: Arc<SessionCell>,
+    id: u64,
+    on: Option<tokio::runtime::Handle>,
+}
+
+impl Events {
+    async fn dispatch(&self, event: Event) -> Result<(), Fault> {
+        match &self.on {
+            // Dispatch futures are boxed: they hold wasmtime call state only while an event
+            // runs, so an idle connection's task stays small.
+            None => Box::pin(self.plugin.dispatch_in_session(self.id, &self.session, event)).await,
+            Some(main) => {
+                let this = self.clone();
+                let run = async move { this.plugin.dispatch_in_session(this.id, &this.session, event).await };
+                main.spawn(run).await.unwrap_or_else(|e| Err(Fault::Trap(format!("event task failed: {e}"))))
+            }
+        }
+    }
+}
+
+/// The connection's life: register it, dispatch `open`, read until it closes, dispatch
+/// `close`, unregister.
+async fn run<S, R, W>(
+    mut ws: WebSocket<S>,
+    split: impl Fn(S) -> (R, W),
+    accepted: Accepted,
+    plugin: Arc<Plugin>,
+    bus: Arc<Bus>,
+    placement: Placement,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     ws.set_max_message_size(accepted.max_message_bytes);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
-    let (rd, wr) = ws.split(tokio::io::split);
+    let (rd, wr) = ws.split(split);
     let mut rd = fastwebsockets::FragmentCollectorRead::new(rd);
 
     let outbox = Arc::new(Outbox::new(accepted.send_queue_frames));
     let closing = Arc::new(Notify::new());
     let session = Arc::new(SessionCell::default());
     let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
-    let media = accepted.media.map(|format| media_events(id, format, &plugin, &session));
-    // A call's writer runs on its media thread, beside the call task that feeds it frames.
-    let write = write_loop(wr, outbox.clone(), closing.clone());
-    let writer = match &media {
-        Some((_, thread)) => thread.spawn(write),
-        None => tokio::spawn(write),
-    };
-    let media = media.map(|(forwarder, _)| forwarder);
+    // For a call this is the media runtime, beside the clock that feeds the writer frames.
+    let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone()));
+    let events = Events { plugin: plugin.clone(), session, id, on: placement.events };
+    let media = accepted.media.map(|format| media_events(id, format, &events));
 
     let info = ConnectInfo {
         id,
@@ -74,10 +181,8 @@ pub async fn serve(
         claims: accepted.claims,
         remote_addr: accepted.remote_addr,
     };
-    // Dispatch futures are boxed: they hold wasmtime call state only while an event runs, so an
-    // idle connection's task stays small.
-    let code = match Box::pin(plugin.dispatch_in_session(id, &session, Event::Open(info))).await {
-        Ok(()) => read_loop(&mut rd, id, &plugin, &session, &outbox, &closing, media.is_some()).await,
+    let code = match events.dispatch(Event::Open(info)).await {
+        Ok(()) => read_loop(&mut rd, &events, &outbox, &closing, media.is_some()).await,
         Err(fault) => {
             let _ = outbox.push(Outbound::Close(1011, fault.code().into()));
             await_close(&mut rd, &outbox).await
@@ -91,45 +196,37 @@ pub async fn serve(
             abort.abort();
         }
     }
-    let _ = Box::pin(plugin.dispatch_in_session(id, &session, Event::Close(id, code))).await;
+    let _ = events.dispatch(Event::Close(id, code)).await;
     bus.unregister(id);
     outbox.close();
     let _ = writer.await;
 }
 
 /// Register a connection of a media route with the media engine and forward its media events
-/// to the plugin, in order, as session events. Returns the forwarding task, which ends when the
-/// call is unregistered, and the media thread the call runs on.
-fn media_events(
-    id: u64,
-    format: crate::media::format::Format,
-    plugin: &Arc<Plugin>,
-    session: &Arc<SessionCell>,
-) -> (tokio::task::JoinHandle<()>, tokio::runtime::Handle) {
-    let (events, mut rx) = mpsc::unbounded_channel();
-    let thread = plugin.services().media.register(id, plugin.name(), format, events);
-    let (plugin, session) = (plugin.clone(), session.clone());
-    let forwarder = tokio::spawn(async move {
+/// to the plugin, in order, as session events. The task ends when the call is unregistered.
+fn media_events(id: u64, format: crate::media::format::Format, events: &Events) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    events.plugin.services().media.register(id, events.plugin.name(), format, tx);
+    let events = events.clone();
+    tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
-            let _ = plugin.dispatch_in_session(id, &session, Event::Media(id, event)).await;
+            let _ = events.dispatch(Event::Media(id, event)).await;
         }
-    });
-    (forwarder, thread)
+    })
 }
 
-type Reader = fastwebsockets::FragmentCollectorRead<tokio::io::ReadHalf<TokioIo<Upgraded>>>;
+type Reader<R> = fastwebsockets::FragmentCollectorRead<R>;
 
 /// Read frames and dispatch them until the connection closes; returns the close code the
 /// plugin's `on-close` sees (1006 when the connection dropped without a close frame).
-async fn read_loop(
-    rd: &mut Reader,
-    id: u64,
-    plugin: &Arc<Plugin>,
-    session: &SessionCell,
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: &mut Reader<R>,
+    events: &Events,
     outbox: &Outbox,
     closing: &Notify,
     media: bool,
 ) -> u16 {
+    let id = events.id;
     let mut obligated = obligated_sender(outbox);
     loop {
         let frame = tokio::select! {
@@ -145,7 +242,7 @@ async fn read_loop(
                     Err(_) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
                 },
                 OpCode::Binary if media => {
-                    match plugin.services().media.push_frame(id, Bytes::from(Vec::from(frame.payload))) {
+                    match events.plugin.services().media.push_frame(id, Bytes::from(Vec::from(frame.payload))) {
                         FrameOutcome::Accepted => continue,
                         FrameOutcome::NotAnswered(data) => Event::Binary(id, Vec::from(data)),
                         FrameOutcome::Rejected(reason) => Event::Media(id, MediaEvent::FrameRejected(reason)),
@@ -163,19 +260,19 @@ async fn read_loop(
             Err(e) => return fail(rd, outbox, 1002, &e.to_string()).await,
         };
         // A fault is reported to the client by dispatch_in_session; the connection goes on.
-        let _ = Box::pin(plugin.dispatch_in_session(id, session, event)).await;
+        let _ = events.dispatch(event).await;
     }
 }
 
 /// Close with `code` after a protocol violation; returns `code`.
-async fn fail(rd: &mut Reader, outbox: &Outbox, code: u16, reason: &str) -> u16 {
+async fn fail<R: AsyncRead + Unpin>(rd: &mut Reader<R>, outbox: &Outbox, code: u16, reason: &str) -> u16 {
     let _ = outbox.push(Outbound::Close(code, reason.to_string()));
     await_close(rd, outbox).await;
     code
 }
 
 /// After our close frame went out: wait (bounded) for the peer's close reply.
-async fn await_close(rd: &mut Reader, outbox: &Outbox) -> u16 {
+async fn await_close<R: AsyncRead + Unpin>(rd: &mut Reader<R>, outbox: &Outbox) -> u16 {
     let mut obligated = obligated_sender(outbox);
     let wait = async {
         loop {
@@ -218,7 +315,7 @@ fn close_code(payload: &[u8]) -> u16 {
 
 /// Drain the outbound queue onto the socket. Ends after sending a close frame, on a write
 /// error, or when every sender is gone.
-async fn write_loop(mut wr: WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>, outbox: Arc<Outbox>, closing: Arc<Notify>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: WebSocketWrite<W>, outbox: Arc<Outbox>, closing: Arc<Notify>) {
     loop {
         let out = match outbox.next().await {
             Next::Frame(out) => out,
