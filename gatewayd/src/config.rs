@@ -79,7 +79,8 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
-    /// Media threads (1..=64); default: one per CPU.
+    /// Media threads (1..=64); default: half the CPUs, at least one (the other half is left
+    /// to plugin events, HTTP and the kernel's network processing).
     pub threads: usize,
     /// `SCHED_RR` priority of the media threads, 1..=99; 0 keeps normal scheduling.
     pub realtime_priority: u8,
@@ -88,7 +89,7 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        MediaConfig { threads: cpus.min(64), realtime_priority: 0 }
+        MediaConfig { threads: (cpus / 2).clamp(1, 64), realtime_priority: 0 }
     }
 }
 

@@ -2,6 +2,10 @@
 # IVR media benchmark: start gatewayd with the ivr plugin in echo mode on a free port, then
 # run `gatewayd-load ivr` against it (N concurrent calls, one 20 ms frame each way per call).
 # Usage: loadtool/scripts/ivr.sh [steps, default 250,500,750,1000,1250,1500] [seconds per step, default 10]
+# Knobs (docs/benchmarks.md, IVR): IVR_BENCH_RT (daemon [media] realtime_priority),
+# IVR_BENCH_MEDIA_THREADS ([media] threads; default: the daemon's), IVR_BENCH_NICE (nice value
+# for the daemon), IVR_BENCH_DAEMON_CPUS / IVR_BENCH_LOAD_CPUS (taskset CPU lists),
+# IVR_BENCH_LOAD_RT (SCHED_RR priority for the load tool).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -17,7 +21,7 @@ log_level = "info"
 log_format = "json"
 [media]
 realtime_priority = ${IVR_BENCH_RT:-0}
-threads = ${IVR_BENCH_MEDIA_THREADS:-2}
+${IVR_BENCH_MEDIA_THREADS:+threads = $IVR_BENCH_MEDIA_THREADS}
 [listeners.ivr]
 address = "127.0.0.1:$PORT"
 send_queue_frames = 1024
