@@ -25,6 +25,7 @@ const BUCKETS: u64 = 20;
 
 const MS: Duration = Duration::from_millis(1);
 
+/// A set of calls and the task that ticks them (on the runtime that started it).
 pub struct Clock {
     epoch: Instant,
     buckets: Mutex<Vec<Vec<Arc<CallCell>>>>,
