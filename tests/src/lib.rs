@@ -57,6 +57,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `N` distinct free loopback ports: the listeners are held until all are picked, so no two
+/// can be the same (separate [`free_port`] calls may return one port twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// Which database a test daemon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -183,10 +190,10 @@ impl Daemon {
     /// `/ws/faults/`), and wait until it accepts connections.
     pub async fn start(opts: DaemonOptions) -> Result<Daemon> {
         let dir = tempdir::TempDir::new("gatewayd-test");
-        let port = free_port();
+        let [port, admin_port, rooms_port] = free_ports();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let rooms_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
+        let rooms_addr: SocketAddr = format!("127.0.0.1:{rooms_port}").parse()?;
         let (url, pg) = match opts.db {
             Db::Sqlite => ("sqlite://gatewayd.db".to_string(), None),
             Db::Postgres => {

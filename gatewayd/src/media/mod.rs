@@ -25,7 +25,6 @@ pub mod stats;
 pub mod threads;
 
 use crate::bus::{Bus, ConnId};
-use bytes::Bytes;
 use call::{Call, CallSetup, Command};
 use clock::CallCell;
 use codec::{Codec, OPUS_MAX_PACKET};
@@ -52,7 +51,7 @@ pub enum MediaEvent {
 #[derive(Debug)]
 pub enum FrameOutcome {
     /// The call is not answered (or has been hung up): the frame is the plugin's business.
-    NotAnswered(Bytes),
+    NotAnswered,
     /// Taken by the call (or dropped and counted when its echo buffer was full).
     Accepted,
     /// Refused, with the reason.
@@ -185,10 +184,10 @@ impl MediaEngine {
     }
 
     /// Hand a caller's binary frame to its call.
-    pub fn push_frame(&self, id: ConnId, frame: Bytes) -> FrameOutcome {
-        let Some(call) = self.calls.get(&id).map(|c| c.clone()) else { return FrameOutcome::NotAnswered(frame) };
+    pub fn push_frame(&self, id: ConnId, frame: &[u8]) -> FrameOutcome {
+        let Some(call) = self.calls.get(&id).map(|c| c.clone()) else { return FrameOutcome::NotAnswered };
         let live = call.live.lock();
-        let Some(live) = live.as_ref() else { return FrameOutcome::NotAnswered(frame) };
+        let Some(live) = live.as_ref() else { return FrameOutcome::NotAnswered };
         if let Err(reason) = check_size(call.format, frame.len()) {
             CallStats::add(&live.stats.rejected_frames, 1);
             return FrameOutcome::Rejected(reason);
@@ -196,7 +195,7 @@ impl MediaEngine {
         CallStats::add(&live.stats.frames_in, 1);
         CallStats::add(&live.stats.bytes_in, frame.len() as u64);
         if let Some(c) = live.call.lock().as_mut() {
-            c.frame(&frame);
+            c.frame(frame);
         }
         FrameOutcome::Accepted
     }

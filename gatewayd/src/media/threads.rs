@@ -22,7 +22,6 @@ use tokio::runtime::{Handle, Runtime};
 pub struct MediaThreads {
     runtime: Option<Runtime>,
     handle: Handle,
-    threads: usize,
     /// One clock per thread; calls are spread over them round-robin.
     clocks: Vec<Arc<Clock>>,
     next: AtomicUsize,
@@ -48,13 +47,7 @@ impl MediaThreads {
             let _on_media_runtime = runtime.enter();
             (0..threads).map(|_| Clock::start()).collect()
         };
-        Ok(MediaThreads {
-            handle: runtime.handle().clone(),
-            runtime: Some(runtime),
-            threads,
-            clocks,
-            next: AtomicUsize::new(0),
-        })
+        Ok(MediaThreads { handle: runtime.handle().clone(), runtime: Some(runtime), clocks, next: AtomicUsize::new(0) })
     }
 
     /// The media runtime.
@@ -65,15 +58,6 @@ impl MediaThreads {
     /// The clock for a new call.
     pub fn clock(&self) -> &Clock {
         &self.clocks[self.next.fetch_add(1, Ordering::Relaxed) % self.clocks.len()]
-    }
-
-    /// Number of media threads.
-    pub fn len(&self) -> usize {
-        self.threads
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.threads == 0
     }
 }
 

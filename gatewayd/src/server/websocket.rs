@@ -53,12 +53,12 @@ pub async fn serve(
         }
     };
     if accepted.media.is_none() {
-        return run(ws, tokio::io::split, accepted, plugin, bus, Placement::main()).await;
+        return run(ws, tokio::io::split, accepted, plugin, bus, None).await;
     }
     let thread = plugin.services().media.runtime();
     match detach(ws) {
         Detached::Socket(socket, buffered) => {
-            let placement = Placement { events: Some(tokio::runtime::Handle::current()) };
+            let events_on = Some(tokio::runtime::Handle::current());
             thread.spawn(async move {
                 match tokio::net::TcpStream::from_std(socket) {
                     Ok(tcp) => {
@@ -68,13 +68,13 @@ pub async fn serve(
                             let (r, w) = s.into_split();
                             (std::io::Cursor::new(buffered.clone()).chain(r), w)
                         };
-                        run(ws, split, accepted, plugin, bus, placement).await;
+                        run(ws, split, accepted, plugin, bus, events_on).await;
                     }
                     Err(e) => tracing::warn!(error = %e, "could not move a call to its media thread"),
                 }
             });
         }
-        Detached::NotTcp(ws) => run(*ws, tokio::io::split, accepted, plugin, bus, Placement::main()).await,
+        Detached::NotTcp(ws) => run(*ws, tokio::io::split, accepted, plugin, bus, None).await,
         Detached::Lost => {}
     }
 }
@@ -107,25 +107,14 @@ fn detach(ws: Upgrade) -> Detached {
     }
 }
 
-/// Where a connection's tasks run.
-struct Placement {
-    /// Set when the connection runs on a media thread: its plugin events run on this (the
-    /// main) runtime instead, so a slow event never delays a frame.
-    events: Option<tokio::runtime::Handle>,
-}
-
-impl Placement {
-    fn main() -> Placement {
-        Placement { events: None }
-    }
-}
-
-/// Runs a connection's plugin events, in order, where its [`Placement`] says.
+/// Runs a connection's plugin events, in order.
 #[derive(Clone)]
 struct Events {
     plugin: Arc<Plugin>,
     session: Arc<SessionCell>,
     id: u64,
+    /// Set when the connection runs on the media runtime: its events run on this (the main)
+    /// runtime instead, so a slow event never delays a frame.
     on: Option<tokio::runtime::Handle>,
 }
 
@@ -145,14 +134,14 @@ impl Events {
 }
 
 /// The connection's life: register it, dispatch `open`, read until it closes, dispatch
-/// `close`, unregister.
+/// `close`, unregister. Plugin events run on `events_on` when given (see [`Events::on`]).
 async fn run<S, R, W>(
     mut ws: WebSocket<S>,
     split: impl Fn(S) -> (R, W),
     accepted: Accepted,
     plugin: Arc<Plugin>,
     bus: Arc<Bus>,
-    placement: Placement,
+    events_on: Option<tokio::runtime::Handle>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
@@ -170,7 +159,7 @@ async fn run<S, R, W>(
     let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
     // For a call this is the media runtime, beside the clock that feeds the writer frames.
     let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone()));
-    let events = Events { plugin: plugin.clone(), session, id, on: placement.events };
+    let events = Events { plugin: plugin.clone(), session, id, on: events_on };
     let media = accepted.media.map(|format| media_events(id, format, &events));
 
     let info = ConnectInfo {
@@ -241,13 +230,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Ok(text) => Event::Text(id, text),
                     Err(_) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
                 },
-                OpCode::Binary if media => {
-                    match events.plugin.services().media.push_frame(id, Bytes::from(Vec::from(frame.payload))) {
-                        FrameOutcome::Accepted => continue,
-                        FrameOutcome::NotAnswered(data) => Event::Binary(id, Vec::from(data)),
-                        FrameOutcome::Rejected(reason) => Event::Media(id, MediaEvent::FrameRejected(reason)),
-                    }
-                }
+                OpCode::Binary if media => match events.plugin.services().media.push_frame(id, &frame.payload) {
+                    FrameOutcome::Accepted => continue,
+                    FrameOutcome::NotAnswered => Event::Binary(id, Vec::from(frame.payload)),
+                    FrameOutcome::Rejected(reason) => Event::Media(id, MediaEvent::FrameRejected(reason)),
+                },
                 OpCode::Binary => Event::Binary(id, Vec::from(frame.payload)),
                 OpCode::Close => return close_code(&frame.payload),
                 _ => continue,

@@ -137,24 +137,18 @@ impl Store {
     /// `SELECT`/`WITH`) has committed when this returns.
     pub async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, sqlx::Error> {
         if let Some(w) = self.writer_for(sql) {
-            return match w.write(sql, params, true).await? {
-                writer::Outcome::Rows(rows) => Ok(rows),
-                writer::Outcome::Affected(_) => Ok(Vec::new()),
-            };
+            return Ok(w.write(sql, params).await?.rows);
         }
-        let rows = self.prepare(sql, params).fetch_all(&self.pool).await?;
+        let rows = self.prepare(sql, &params).fetch_all(&self.pool).await?;
         rows.iter().map(row_values).collect()
     }
 
     /// Run a statement; returns the number of rows affected, after it committed.
     pub async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, sqlx::Error> {
         if let Some(w) = self.writer_for(sql) {
-            return match w.write(sql, params, false).await? {
-                writer::Outcome::Affected(n) => Ok(n),
-                writer::Outcome::Rows(_) => Ok(0),
-            };
+            return Ok(w.write(sql, params).await?.affected);
         }
-        Ok(self.prepare(sql, params).execute(&self.pool).await?.rows_affected())
+        Ok(self.prepare(sql, &params).execute(&self.pool).await?.rows_affected())
     }
 
     /// The group-commit writer, when `sql` is a write on SQLite.
@@ -166,7 +160,7 @@ impl Store {
     /// its first use, and a NULL is sent typed as text: a statement first run with a NULL and
     /// cached would later misread an integer in that slot. Statements with a NULL parameter are
     /// therefore not cached there; the others are.
-    fn prepare<'q>(&self, sql: &'q str, params: Vec<Value>) -> AnyQuery<'q> {
+    fn prepare<'q>(&self, sql: &'q str, params: &'q [Value]) -> AnyQuery<'q> {
         let persistent = !(self.backend == Backend::Postgres && params.contains(&Value::Null));
         bind(sqlx::query(sql).persistent(persistent), params)
     }
@@ -176,7 +170,7 @@ impl Store {
     pub async fn execute_in_transaction(&self, statements: Vec<(String, Vec<Value>)>) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         for (i, (sql, params)) in statements.iter().enumerate() {
-            bind(sqlx::query(sql), params.clone()).execute(&mut *tx).await.with_context(|| format!("statement {i}"))?;
+            bind(sqlx::query(sql), params).execute(&mut *tx).await.with_context(|| format!("statement {i}"))?;
         }
         tx.commit().await?;
         Ok(())
@@ -213,15 +207,16 @@ async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-fn bind(mut q: AnyQuery<'_>, params: Vec<Value>) -> AnyQuery<'_> {
+/// Bind `params` in order; text and blobs are bound by reference, not copied.
+fn bind<'q>(mut q: AnyQuery<'q>, params: impl IntoIterator<Item = &'q Value>) -> AnyQuery<'q> {
     for p in params {
         q = match p {
-            Value::Null => q.bind(Option::<String>::None),
-            Value::Integer(i) => q.bind(i),
-            Value::Real(f) => q.bind(f),
-            Value::Text(s) => q.bind(s),
-            Value::Blob(b) => q.bind(b),
-            Value::Boolean(b) => q.bind(b),
+            Value::Null => q.bind(Option::<&str>::None),
+            Value::Integer(i) => q.bind(*i),
+            Value::Real(f) => q.bind(*f),
+            Value::Text(s) => q.bind(s.as_str()),
+            Value::Blob(b) => q.bind(b.as_slice()),
+            Value::Boolean(b) => q.bind(*b),
         };
     }
     q

@@ -13,7 +13,8 @@
 //! between threads, which on a loaded machine costs far more than the insert. A batch is
 //! therefore sent as one multi-statement query (`BEGIN IMMEDIATE; s1; s2; ...; COMMIT;`): its
 //! `$n` placeholders are rewritten to positional `?` with the values in order (see
-//! [`positional`]), and the results are split again at each statement's end. A statement that
+//! [`positional`]; worked out once per distinct SQL text), and the results are split again at
+//! each statement's end. A statement that
 //! cannot be rewritten safely (other placeholder styles, several statements) runs on its own.
 //!
 //! A failing statement must not take its batch neighbours with it: the batch is rolled back and
@@ -23,7 +24,10 @@
 
 use super::{Value, bind, row_values};
 use futures_util::TryStreamExt;
+use parking_lot::Mutex;
 use sqlx::{AnyConnection, Either, Executor};
+use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Statements run in one transaction, at most. sqlx's SQLite worker hands results over through
@@ -34,29 +38,45 @@ pub const MAX_BATCH: usize = 24;
 /// Writes waiting for the writer task, at most; further writers wait for room.
 const QUEUE: usize = 4096;
 
-/// What a write returns: its rows (`RETURNING`), or the number of rows it changed.
-#[derive(Debug)]
-pub enum Outcome {
-    Rows(Vec<Vec<Value>>),
-    Affected(u64),
+/// What a write returns: its rows (`RETURNING`, else none) and the number of rows it changed.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub rows: Vec<Vec<Value>>,
+    pub affected: u64,
 }
 
-struct Request {
+/// A statement's text and, when it can join a batch, its positional form (see [`positional`]).
+/// Worked out once per distinct SQL text.
+struct Statement {
     sql: String,
-    params: Vec<Value>,
-    /// Rows wanted (`query`) rather than a count (`execute`).
-    rows: bool,
-    /// `sql` with positional placeholders and the 1-based index of the parameter each takes;
-    /// None when the statement must run on its own.
+    /// Positional text and the parameter each `?` takes (1-based).
     positional: Option<(String, Vec<usize>)>,
+}
+
+/// Distinct statements remembered, at most; the cache starts over when full (a plugin that
+/// builds SQL text per call must not grow it without bound).
+const STATEMENTS: usize = 1024;
+
+struct Request {
+    statement: Arc<Statement>,
+    params: Vec<Value>,
     /// Taken when the request is answered.
     reply: Option<oneshot::Sender<Result<Outcome, sqlx::Error>>>,
+}
+
+impl Request {
+    /// Can run inside a multi-statement batch: it has a positional form and every `$n` it
+    /// uses has a value.
+    fn batchable(&self) -> bool {
+        self.statement.positional.as_ref().is_some_and(|(_, order)| order.iter().all(|&n| n <= self.params.len()))
+    }
 }
 
 /// The handle callers queue writes on; cheap to clone. The task ends when every handle is gone.
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Request>,
+    statements: Arc<Mutex<HashMap<String, Arc<Statement>>>>,
 }
 
 impl Writer {
@@ -64,16 +84,28 @@ impl Writer {
     pub fn spawn(conn: AnyConnection) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(conn, rx));
-        Writer { queue }
+        Writer { queue, statements: Arc::default() }
     }
 
     /// Run one write; returns after its transaction committed (or failed).
-    pub async fn write(&self, sql: &str, params: Vec<Value>, rows: bool) -> Result<Outcome, sqlx::Error> {
+    pub async fn write(&self, sql: &str, params: Vec<Value>) -> Result<Outcome, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        let positional = positional(sql).filter(|(_, order)| order.iter().all(|&n| n <= params.len()));
-        let request = Request { sql: sql.to_string(), params, rows, positional, reply: Some(reply) };
+        let request = Request { statement: self.statement(sql), params, reply: Some(reply) };
         self.queue.send(request).await.map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+
+    fn statement(&self, sql: &str) -> Arc<Statement> {
+        let mut statements = self.statements.lock();
+        if let Some(s) = statements.get(sql) {
+            return s.clone();
+        }
+        if statements.len() >= STATEMENTS {
+            statements.clear();
+        }
+        let statement = Arc::new(Statement { sql: sql.to_string(), positional: positional(sql) });
+        statements.insert(sql.to_string(), statement.clone());
+        statement
     }
 }
 
@@ -83,7 +115,7 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::Receiver<Request>) {
         // Statements that cannot join a batch run alone, in queue order.
         let mut start = 0;
         while start < batch.len() {
-            let len = batch[start..].iter().take_while(|r| r.positional.is_some()).count().max(1);
+            let len = batch[start..].iter().take_while(|r| r.batchable()).count().max(1);
             run_group(&mut conn, &mut batch[start..start + len]).await;
             start += len;
         }
@@ -92,7 +124,7 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::Receiver<Request>) {
     let _ = sqlx::Connection::close(conn).await;
 }
 
-/// Run `group` (one statement, or several that all have a positional form) and answer each.
+/// Run `group` (one statement, or several batchable ones) and answer each.
 async fn run_group(conn: &mut AnyConnection, group: &mut [Request]) {
     if group.len() > 1 {
         match run_batch(conn, group).await {
@@ -109,7 +141,15 @@ async fn run_group(conn: &mut AnyConnection, group: &mut [Request]) {
         }
     }
     for request in group.iter_mut() {
-        let outcome = run_one(conn, request).await;
+        // A text with several statements answers like sqlx's fetch_all/execute: all rows, the
+        // sum of the changes.
+        let outcome = run_statements(conn, &request.statement.sql, &request.params).await.map(|outcomes| {
+            outcomes.into_iter().fold(Outcome::default(), |mut all, o| {
+                all.rows.extend(o.rows);
+                all.affected += o.affected;
+                all
+            })
+        });
         answer(request, outcome);
     }
 }
@@ -126,49 +166,44 @@ async fn run_batch(conn: &mut AnyConnection, batch: &[Request]) -> Result<Vec<Ou
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
     let mut params = Vec::new();
     for r in batch {
-        let (text, order) = r.positional.as_ref().expect("only positional statements are batched");
+        let (text, order) = r.statement.positional.as_ref().expect("only batchable statements are batched");
         sql.push_str(text);
         sql.push_str(";\n");
-        params.extend(order.iter().map(|&n| r.params[n - 1].clone()));
+        params.extend(order.iter().map(|&n| &r.params[n - 1]));
     }
     sql.push_str("COMMIT;");
-    // The SQLite driver runs every statement of a query string in turn (sqlx 0.8).
-    let mut results = conn.fetch_many(bind(sqlx::query(&sql), params));
-    // One `Left` (statement done) ends each statement; rows come before it.
-    let mut ends = 0usize;
-    let mut rows = Vec::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    while let Some(item) = results.try_next().await? {
-        match item {
-            Either::Right(row) => rows.push(row_values(&row)?),
-            Either::Left(done) => {
-                // The first end is BEGIN's, the last COMMIT's.
-                if ends >= 1 && ends <= batch.len() {
-                    let r = &batch[ends - 1];
-                    let taken = std::mem::take(&mut rows);
-                    outcomes.push(if r.rows { Outcome::Rows(taken) } else { Outcome::Affected(done.rows_affected()) });
-                }
-                ends += 1;
-            }
-        }
+    let mut outcomes = run_statements(conn, &sql, params).await?;
+    if outcomes.len() != batch.len() + 2 {
+        let message = format!("write batch: {} results for {} statements", outcomes.len(), batch.len() + 2);
+        return Err(sqlx::Error::Protocol(message));
     }
-    if ends != batch.len() + 2 {
-        return Err(sqlx::Error::Protocol(format!(
-            "write batch: {ends} statement results for {} statements",
-            batch.len() + 2
-        )));
-    }
+    // Drop BEGIN's and COMMIT's.
+    outcomes.pop();
+    outcomes.remove(0);
     Ok(outcomes)
 }
 
-async fn run_one(conn: &mut AnyConnection, r: &Request) -> Result<Outcome, sqlx::Error> {
-    let q = bind(sqlx::query(&r.sql), r.params.clone());
-    if r.rows {
-        let rows = q.fetch_all(&mut *conn).await?;
-        Ok(Outcome::Rows(rows.iter().map(row_values).collect::<Result<_, _>>()?))
-    } else {
-        Ok(Outcome::Affected(q.execute(&mut *conn).await?.rows_affected()))
+/// Run `sql` and return the outcome of each statement in it. The SQLite driver runs every
+/// statement of a query string in turn (sqlx 0.8); a statement's rows come before the `Left`
+/// that ends it.
+async fn run_statements<'q>(
+    conn: &mut AnyConnection,
+    sql: &'q str,
+    params: impl IntoIterator<Item = &'q Value>,
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut results = conn.fetch_many(bind(sqlx::query(sql), params));
+    let mut outcomes = Vec::new();
+    let mut current = Outcome::default();
+    while let Some(item) = results.try_next().await? {
+        match item {
+            Either::Right(row) => current.rows.push(row_values(&row)?),
+            Either::Left(done) => {
+                current.affected = done.rows_affected();
+                outcomes.push(std::mem::take(&mut current));
+            }
+        }
     }
+    Ok(outcomes)
 }
 
 /// Rewrite one statement's `$n` placeholders to positional `?`: returns the new text and, for
