@@ -82,14 +82,17 @@ pub struct MediaConfig {
     /// Media threads (1..=64); default: half the CPUs, at least one (the other half is left
     /// to plugin events, HTTP and the kernel's network processing).
     pub threads: usize,
-    /// `SCHED_RR` priority of the media threads, 1..=99; 0 keeps normal scheduling.
+    /// `SCHED_RR` priority of the media threads, 1..=99; 0 keeps normal scheduling. Default
+    /// 20: with the default thread count the real-time threads can take at most half the
+    /// CPUs, so normal processes always keep the other half. Refused by the OS (no
+    /// `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) -> a warning and normal scheduling.
     pub realtime_priority: u8,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        MediaConfig { threads: (cpus / 2).clamp(1, 64), realtime_priority: 0 }
+        MediaConfig { threads: (cpus / 2).clamp(1, 64), realtime_priority: 20 }
     }
 }
 

@@ -2,7 +2,7 @@
 # IVR media benchmark: start gatewayd with the ivr plugin in echo mode on a free port, then
 # run `gatewayd-load ivr` against it (N concurrent calls, one 20 ms frame each way per call).
 # Usage: loadtool/scripts/ivr.sh [steps, default 250,500,750,1000,1250,1500] [seconds per step, default 10]
-# Knobs (docs/benchmarks.md, IVR): IVR_BENCH_RT (daemon [media] realtime_priority),
+# Knobs (docs/benchmarks.md, IVR): IVR_BENCH_RT (daemon [media] realtime_priority; default: the daemon's, 20),
 # IVR_BENCH_MEDIA_THREADS ([media] threads; default: the daemon's), IVR_BENCH_NICE (nice value
 # for the daemon), IVR_BENCH_DAEMON_CPUS / IVR_BENCH_LOAD_CPUS (taskset CPU lists),
 # IVR_BENCH_LOAD_RT (SCHED_RR priority for the load tool).
@@ -20,7 +20,7 @@ state_dir = "$DIR/state"
 log_level = "info"
 log_format = "json"
 [media]
-realtime_priority = ${IVR_BENCH_RT:-0}
+${IVR_BENCH_RT:+realtime_priority = $IVR_BENCH_RT}
 ${IVR_BENCH_MEDIA_THREADS:+threads = $IVR_BENCH_MEDIA_THREADS}
 [listeners.ivr]
 address = "127.0.0.1:$PORT"

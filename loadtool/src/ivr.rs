@@ -1,14 +1,17 @@
 //! IVR media load (`gatewayd-load ivr`): N concurrent calls on the `ivr.md` route in echo mode.
 //!
 //! Each call sends `incoming_call`, waits for `answer`, then streams one 320-byte L16 frame per
-//! 20 ms on a deadline schedule (like a phone) for `--seconds`, and reads the echoes on a task
-//! of its own. Every frame carries its sequence number, so each echo is matched to its send.
+//! 20 ms on a deadline schedule (like a phone) for `--seconds`. The calls' phases are spread
+//! over the 20 ms frame in 20 groups; one sender task per group writes the frame of each of its
+//! calls, and each call reads its echoes on a task of its own (so the tool costs one timer
+//! wake-up per group per frame, not one per call). Every frame carries its sequence number, so
+//! each echo is matched to its scheduled send time.
 //!
 //! Figures, per step of N calls:
 //! - frame delay and late frames, as the daemon measured them (read from its JSON log, the
 //!   `media call ended` line of every call): how long after its 20 ms slot each outgoing frame
 //!   was sent; late = more than 10 ms after its slot; skipped = slots missed by a stalled call;
-//! - echo latency: send -> echo arrival, client side;
+//! - echo latency: scheduled send time -> echo arrival, client side;
 //! - echo jitter: echo latency minus the smallest echo latency of the call's frames within
 //!   half a second either side. That smallest one is the call's current offset between the
 //!   caller's 20 ms clock and the call's 20 ms grid, plus the echo buffer's standing depth
@@ -26,9 +29,8 @@
 
 use crate::report::{Latencies, rss_kib};
 use anyhow::{Context, anyhow, bail};
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketRead, WebSocketWrite};
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const FRAME_BYTES: usize = 320;
@@ -148,21 +150,35 @@ async fn step(a: &IvrArgs, n: usize, log_offset: &mut u64) -> anyhow::Result<boo
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let cpu_before = (cpu_ticks(a.pid)?, cpu_ticks(std::process::id())?, Instant::now());
     let frames = (a.seconds * 50) as usize;
-    let tasks: Vec<_> = calls
+    // Spread the calls' phases over the 20 ms frame, like independent phones: call i sends at
+    // phase i % PHASES. One sender task per phase writes the frame of each of its calls, so
+    // the load tool wakes PHASES times per 20 ms, not once per call.
+    let mut readers = Vec::with_capacity(n);
+    let mut groups: Vec<Vec<WsWrite>> = (0..PHASES).map(|_| Vec::new()).collect();
+    for (i, ws) in calls.into_iter().enumerate() {
+        let first = start + FRAME * (i % PHASES) as u32 / PHASES as u32;
+        let (rd, wr) = ws.split(|s| s.into_split());
+        readers.push(tokio::spawn(receive(rd, first, frames)));
+        groups[i % PHASES].push(wr);
+    }
+    let senders: Vec<_> = groups
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| {
-            // Spread the calls' phases over the 20 ms frame, like independent phones.
-            let first = start + FRAME * (i as u32 % 20) / 20;
-            tokio::spawn(stream(ws, first, frames))
-        })
+        .map(|(phase, group)| tokio::spawn(send(group, start + FRAME * phase as u32 / PHASES as u32, frames)))
         .collect();
     let mut sampled_rss = 0;
     let mut results = Vec::with_capacity(n);
     tokio::time::sleep(Duration::from_secs(a.seconds / 2)).await;
     sampled_rss = sampled_rss.max(rss_kib(a.pid)?);
-    for t in tasks {
-        results.push(t.await??);
+    let mut writers = Vec::with_capacity(n);
+    for t in senders {
+        writers.extend(t.await??);
+    }
+    for t in readers {
+        results.push(CallResult { latencies: t.await? });
+    }
+    for mut w in writers {
+        w.write_frame(Frame::close(1000, b"")).await.ok();
     }
     let (daemon_after, tool_after, now) = (cpu_ticks(a.pid)?, cpu_ticks(std::process::id())?, Instant::now());
     let wall = (now - cpu_before.2).as_secs_f64();
@@ -219,9 +235,15 @@ async fn step(a: &IvrArgs, n: usize, log_offset: &mut u64) -> anyhow::Result<boo
     Ok(pass)
 }
 
-type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
+/// Sender phases per 20 ms frame (one sender task each).
+const PHASES: usize = 20;
 
-/// Connect, send `incoming_call`, wait for `answer`.
+type Ws = WebSocket<tokio::net::TcpStream>;
+type WsWrite = WebSocketWrite<tokio::net::tcp::OwnedWriteHalf>;
+type WsRead = WebSocketRead<tokio::net::tcp::OwnedReadHalf>;
+
+/// Connect, send `incoming_call`, wait for `answer`; the WebSocket is then taken off hyper's
+/// upgrade wrapper onto its TCP stream, so it splits into lock-free halves.
 async fn answered_call(url: &str) -> anyhow::Result<Ws> {
     let mut c = gatewayd_e2e::Client::connect(url).await?;
     let call = serde_json::json!({"event": "incoming_call", "callerId": "+15550000000", "didNumber": "+18005550100", "sessionId": uuid::Uuid::new_v4().to_string()});
@@ -230,47 +252,58 @@ async fn answered_call(url: &str) -> anyhow::Result<Ws> {
     if answer["event"] != "answer" {
         bail!("expected answer, got {answer}");
     }
-    Ok(c.into_websocket())
+    let upgraded = c.into_websocket().into_inner().into_inner();
+    let parts = upgraded
+        .downcast::<TokioIo<tokio::net::TcpStream>>()
+        .map_err(|_| anyhow!("the upgraded connection is not a TCP stream"))?;
+    if !parts.read_buf.is_empty() {
+        bail!("unexpected bytes after answer");
+    }
+    Ok(WebSocket::after_handshake(parts.io.into_inner(), Role::Client))
 }
 
-/// Stream `frames` frames from `first` on, one per 20 ms, and collect the echoes.
-async fn stream(ws: Ws, first: tokio::time::Instant, frames: usize) -> anyhow::Result<CallResult> {
-    let (mut rd, mut wr) = ws.split(tokio::io::split);
-    let sent_at: Arc<Vec<std::sync::OnceLock<Instant>>> = Arc::new((0..frames).map(|_| Default::default()).collect());
-    let times = sent_at.clone();
-    let reader = tokio::spawn(async move {
-        let mut latencies = vec![None; frames];
-        let mut received = 0;
-        let mut ignore = |_: Frame<'_>| async { Ok::<_, std::io::Error>(()) };
-        let deadline = first + FRAME * frames as u32 + Duration::from_secs(2);
-        while received < frames {
-            let f = match tokio::time::timeout_at(deadline, rd.read_frame(&mut ignore)).await {
-                Ok(Ok(f)) => f,
-                _ => break,
-            };
-            if f.opcode != OpCode::Binary || f.payload.len() < 4 {
-                continue;
-            }
-            let seq = u32::from_le_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) as usize;
-            if let Some(t) = times.get(seq).and_then(|t| t.get())
-                && latencies[seq].is_none()
-            {
-                latencies[seq] = Some(t.elapsed());
-                received += 1;
-            }
-        }
-        latencies
-    });
+/// Send one frame per 20 ms from `first` on to every call of one phase group, `frames` frames
+/// each, on a deadline schedule; every frame carries its sequence number. Returns the writers.
+async fn send(mut group: Vec<WsWrite>, first: tokio::time::Instant, frames: usize) -> anyhow::Result<Vec<WsWrite>> {
     let mut frame = vec![0u8; FRAME_BYTES];
     for seq in 0..frames {
         tokio::time::sleep_until(first + FRAME * seq as u32).await;
         frame[..4].copy_from_slice(&(seq as u32).to_le_bytes());
-        let _ = sent_at[seq].set(Instant::now());
-        wr.write_frame(Frame::binary(Payload::Borrowed(&frame))).await?;
+        for wr in &mut group {
+            wr.write_frame(Frame::binary(Payload::Borrowed(&frame))).await?;
+        }
     }
-    let latencies = reader.await?;
-    wr.write_frame(Frame::close(1000, b"")).await.ok();
-    Ok(CallResult { latencies })
+    Ok(group)
+}
+
+/// Read the echoes of one call whose frame `seq` was due at `first + seq * 20 ms`: each one's
+/// latency from that scheduled send time (a sender running late shows up as latency).
+async fn receive(mut rd: WsRead, first: tokio::time::Instant, frames: usize) -> Vec<Option<Duration>> {
+    let mut latencies = vec![None; frames];
+    let mut received = 0;
+    let mut ignore = |_: Frame<'_>| async { Ok::<_, std::io::Error>(()) };
+    // One timer for the whole call (not one per read).
+    let deadline = tokio::time::sleep_until(first + FRAME * frames as u32 + Duration::from_secs(2));
+    tokio::pin!(deadline);
+    while received < frames {
+        let f = tokio::select! {
+            biased;
+            f = rd.read_frame(&mut ignore) => match f {
+                Ok(f) => f,
+                Err(_) => break,
+            },
+            _ = &mut deadline => break,
+        };
+        if f.opcode != OpCode::Binary || f.payload.len() < 4 {
+            continue;
+        }
+        let seq = u32::from_le_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) as usize;
+        if seq < frames && latencies[seq].is_none() {
+            latencies[seq] = Some((first + FRAME * seq as u32).elapsed());
+            received += 1;
+        }
+    }
+    latencies
 }
 
 /// utime + stime of process `pid`, in clock ticks.

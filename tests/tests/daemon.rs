@@ -1,5 +1,5 @@
-//! The daemon as an operator sees it: `check`, config errors naming the key, `migrate`, and a
-//! graceful stop on SIGTERM.
+//! The daemon as an operator sees it: `check`, config errors naming the key, `migrate`, a
+//! graceful stop on SIGTERM, and its media threads' scheduling.
 
 use gatewayd_e2e::*;
 use std::process::Command;
@@ -106,4 +106,39 @@ async fn sigterm_closes_websockets_with_1001_and_exits() {
     assert_eq!(c.recv_close().await.unwrap(), (1001, "server shutting down".into()));
     stopping.join().unwrap();
     assert!(d.wait().unwrap().success());
+}
+
+/// Scheduling policy and real-time priority of each `gatewayd-media` thread of `pid`, read from
+/// `/proc/<pid>/task/*/stat` (fields 40 and 41: rt_priority, policy; SCHED_RR = 2).
+fn media_thread_scheduling(pid: u32) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "gatewayd-media" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // `rest[0]` is field 3 (state), so field n is rest[n - 3].
+        found.push((rest[41 - 3].parse().unwrap(), rest[40 - 3].parse().unwrap()));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_threads_run_under_sched_rr_by_default_and_not_when_set_to_0() {
+    let d = Daemon::start(DaemonOptions::default()).await.unwrap();
+    let threads = media_thread_scheduling(d.pid());
+    // Default thread count: half the CPUs, at least one.
+    let expected = (std::thread::available_parallelism().unwrap().get() / 2).max(1);
+    assert_eq!(threads.len(), expected, "media threads: {threads:?}");
+    assert!(threads.iter().all(|&t| t == (2, 20)), "default: SCHED_RR at priority 20, got {threads:?}");
+    drop(d);
+    let d =
+        Daemon::start(DaemonOptions { extra_toml: "[media]\nrealtime_priority = 0\n".into(), ..Default::default() })
+            .await
+            .unwrap();
+    let threads = media_thread_scheduling(d.pid());
+    assert!(!threads.is_empty() && threads.iter().all(|&(policy, _)| policy == 0), "normal scheduling: {threads:?}");
 }

@@ -1,10 +1,11 @@
 //! The echo buffer (sans-IO): the caller's decoded frames waiting for their outgoing slot.
 //!
-//! A caller in real time leaves at most one frame waiting between two slots. After jitter or
-//! a stall, one frame more can stay behind for good (input and output run at the same rate),
-//! adding 20 ms to every echo. When frames have been waiting at every slot for
-//! [`TRIM_AFTER_SLOTS`] (5 s) in a row, the oldest one is dropped to win that delay back. A
-//! burst drains in under a second and is never trimmed; beyond [`MAX_FRAMES`] frames are refused.
+//! A caller in real time leaves at most one frame waiting between two slots. After jitter, a
+//! stall or a burst, frames can stay behind for good (input and output run at the same rate),
+//! adding 20 ms per frame to every echo. When frames have been waiting at every slot for
+//! [`TRIM_AFTER_SLOTS`] (5 s) in a row, the backlog that stood all that time (the smallest
+//! depth seen) is dropped, oldest first, to win that delay back at once. A burst followed by
+//! silence drains and is never trimmed; beyond [`MAX_FRAMES`] frames are refused.
 
 use std::collections::VecDeque;
 
@@ -17,7 +18,10 @@ pub const TRIM_AFTER_SLOTS: u32 = 250;
 #[derive(Default)]
 pub struct EchoBuffer {
     frames: VecDeque<Vec<i16>>,
+    /// Consecutive slots that left frames waiting.
     standing: u32,
+    /// The fewest frames left waiting at any of those slots.
+    least_waiting: usize,
 }
 
 impl EchoBuffer {
@@ -30,20 +34,22 @@ impl EchoBuffer {
         true
     }
 
-    /// The frame for this slot, if any, and whether a standing frame was trimmed.
-    pub fn pop(&mut self) -> (Option<Vec<i16>>, bool) {
+    /// The frame for this slot, if any, and how many standing frames were trimmed.
+    pub fn pop(&mut self) -> (Option<Vec<i16>>, usize) {
         let frame = self.frames.pop_front();
-        let mut trimmed = false;
-        if self.frames.is_empty() {
+        let waiting = self.frames.len();
+        if waiting == 0 {
             self.standing = 0;
-        } else {
-            self.standing += 1;
-            if self.standing >= TRIM_AFTER_SLOTS {
-                self.frames.pop_front();
-                self.standing = 0;
-                trimmed = true;
-            }
+            return (frame, 0);
         }
+        self.least_waiting = if self.standing == 0 { waiting } else { self.least_waiting.min(waiting) };
+        self.standing += 1;
+        if self.standing < TRIM_AFTER_SLOTS {
+            return (frame, 0);
+        }
+        let trimmed = self.least_waiting;
+        self.frames.drain(..trimmed);
+        self.standing = 0;
         (frame, trimmed)
     }
 
@@ -65,9 +71,9 @@ mod tests {
         }
         assert!(!e.push(&[99]), "full");
         for n in 0..MAX_FRAMES {
-            assert_eq!(e.pop(), (Some(vec![n as i16]), false));
+            assert_eq!(e.pop(), (Some(vec![n as i16]), 0));
         }
-        assert_eq!(e.pop(), (None, false));
+        assert_eq!(e.pop(), (None, 0));
     }
 
     #[test]
@@ -82,11 +88,31 @@ mod tests {
             next += 1;
             let (frame, trimmed) = e.pop();
             assert!(frame.is_some());
-            trims += trimmed as u32;
+            trims += trimmed;
         }
         assert_eq!(trims, 1);
         // Back to real time: the slot's frame is the one that just came in.
         e.push(&[next]);
-        assert_eq!(e.pop(), (Some(vec![next]), false));
+        assert_eq!(e.pop(), (Some(vec![next]), 0));
+    }
+
+    #[test]
+    fn a_standing_burst_is_trimmed_at_once() {
+        let mut e = EchoBuffer::default();
+        // A burst of 10 frames, then one frame in and one out per slot: 10 stand behind.
+        for n in 0..10 {
+            e.push(&[n]);
+        }
+        let mut next = 10;
+        for slot in 1..=TRIM_AFTER_SLOTS {
+            e.push(&[next]);
+            next += 1;
+            let (frame, trimmed) = e.pop();
+            assert!(frame.is_some());
+            assert_eq!(trimmed, if slot == TRIM_AFTER_SLOTS { 10 } else { 0 }, "slot {slot}");
+        }
+        // Back to real time: the slot's frame is the one that just came in.
+        e.push(&[next]);
+        assert_eq!(e.pop(), (Some(vec![next]), 0));
     }
 }
