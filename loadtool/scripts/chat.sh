@@ -63,4 +63,4 @@ B=b0000000-0000-4000-8000-00000000c4a7
 "$BIN/gatewayd" --config "$DIR/gatewayd.toml" tenant add-membership --agent a0000000-0000-4000-8000-00000000c4a7 --business "$B" >/dev/null
 echo "storage: ${STORAGE%%:*}  sessions: $SESSIONS  rate: $RATE msg/s  duration: ${DURATION}s"
 "$BIN/gatewayd-load" chat --addr "127.0.0.1:$PORT" --business "$B" --user-id 100000 \
-  --sessions "$SESSIONS" --rate "$RATE" --duration "$DURATION"
+  --sessions "$SESSIONS" --rate "$RATE" --duration "$DURATION" --pid "$PID"

@@ -3,9 +3,10 @@
 //! every message is stored by the daemon and then broadcast to both connections of its session.
 //! Reported: delivered messages/s (broadcasts received within the measured window, both
 //! recipients counted) and the latency from the *scheduled* send time to the agent's receipt
-//! (no coordinated omission: falling behind shows up as latency).
+//! (no coordinated omission: falling behind shows up as latency). With `--pid`, also the
+//! daemon's and the tool's CPU (% of one core) and the daemon's CPU per stored message.
 
-use crate::report::Latencies;
+use crate::report::{CpuMeter, Latencies};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use gatewayd_e2e::Client;
@@ -35,6 +36,9 @@ pub struct ChatArgs {
     /// Seconds of measured load (after a one-second warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// The daemon's process id, for its CPU use (not reported without it).
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 /// `POST /chat/start-session/` for a new external customer; returns (session_id, token).
@@ -88,6 +92,10 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
     let begin = Instant::now() + Duration::from_millis(200);
     let warm_until = begin + Duration::from_secs(1);
     let end = warm_until + Duration::from_secs(a.duration);
+    let cpu = match a.pid {
+        Some(pid) => Some((CpuMeter::start(pid)?, CpuMeter::start(std::process::id())?)),
+        None => None,
+    };
     let mut tasks = Vec::new();
     for (i, (mut visitor, mut agent)) in pairs.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
@@ -134,7 +142,15 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
         delivered += d;
     }
     println!("target_send_rate: {} messages/s", a.rate);
-    println!("delivered_rate: {:.0} messages/s", delivered as f64 / a.duration as f64);
+    let rate = delivered as f64 / a.duration as f64;
+    println!("delivered_rate: {rate:.0} messages/s");
     all.print("send_to_agent");
+    if let Some((daemon, tool)) = cpu {
+        // Over warm-up and measured window together (all messages sent in them).
+        let daemon = daemon.percent()?;
+        let sent_rate = rate / 2.0;
+        println!("daemon_cpu: {daemon:.1} % of one core ({:.1} us per stored message)", daemon * 1e4 / sent_rate);
+        println!("loadtool_cpu: {:.1} % of one core", tool.percent()?);
+    }
     Ok(())
 }

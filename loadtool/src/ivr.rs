@@ -27,11 +27,11 @@
 //! (lost echoes are reported, not part of the criterion); the report ends with the largest
 //! passing N.
 
-use crate::report::{Latencies, rss_kib};
+use crate::report::{CpuMeter, Latencies, rss_kib};
 use anyhow::{Context, anyhow, bail};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketRead, WebSocketWrite};
 use hyper_util::rt::TokioIo;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const FRAME_BYTES: usize = 320;
 const FRAME: Duration = Duration::from_millis(20);
@@ -148,7 +148,7 @@ async fn step(a: &IvrArgs, n: usize, log_offset: &mut u64) -> anyhow::Result<boo
         calls.push(answered_call(&a.url).await.context("opening a call")?);
     }
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
-    let cpu_before = (cpu_ticks(a.pid)?, cpu_ticks(std::process::id())?, Instant::now());
+    let (daemon_cpu, tool_cpu) = (CpuMeter::start(a.pid)?, CpuMeter::start(std::process::id())?);
     let frames = (a.seconds * 50) as usize;
     // Spread the calls' phases over the 20 ms frame, like independent phones: call i sends at
     // phase i % PHASES. One sender task per phase writes the frame of each of its calls, so
@@ -180,10 +180,7 @@ async fn step(a: &IvrArgs, n: usize, log_offset: &mut u64) -> anyhow::Result<boo
     for mut w in writers {
         w.write_frame(Frame::close(1000, b"")).await.ok();
     }
-    let (daemon_after, tool_after, now) = (cpu_ticks(a.pid)?, cpu_ticks(std::process::id())?, Instant::now());
-    let wall = (now - cpu_before.2).as_secs_f64();
-    let daemon_cpu = (daemon_after - cpu_before.0) as f64 / clock_ticks() / wall * 100.0;
-    let tool_cpu = (tool_after - cpu_before.1) as f64 / clock_ticks() / wall * 100.0;
+    let (daemon_cpu, tool_cpu) = (daemon_cpu.percent()?, tool_cpu.percent()?);
 
     let (mut echo, mut jitter) = (Latencies::default(), Latencies::default());
     let (mut lost, mut sent) = (0u64, 0u64);
@@ -304,18 +301,4 @@ async fn receive(mut rd: WsRead, first: tokio::time::Instant, frames: usize) -> 
         }
     }
     latencies
-}
-
-/// utime + stime of process `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-/// Clock ticks per second (USER_HZ; 100 on Linux).
-fn clock_ticks() -> f64 {
-    100.0
 }

@@ -41,3 +41,34 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
 }
+
+/// CPU time a process used since [`CpuMeter::start`], as a share of one core.
+pub struct CpuMeter {
+    pid: u32,
+    ticks: u64,
+    at: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> anyhow::Result<CpuMeter> {
+        Ok(CpuMeter { pid, ticks: cpu_ticks(pid)?, at: std::time::Instant::now() })
+    }
+
+    /// Percent of one core used since `start` (100 = one core busy all the time).
+    pub fn percent(&self) -> anyhow::Result<f64> {
+        let used = (cpu_ticks(self.pid)? - self.ticks) as f64 / CLOCK_TICKS;
+        Ok(used / self.at.elapsed().as_secs_f64() * 100.0)
+    }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ; 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// utime + stime of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("bad /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}

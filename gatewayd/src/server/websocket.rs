@@ -35,10 +35,12 @@ pub struct Accepted {
 
 /// Serve one upgraded connection until it closes.
 ///
-/// A call (a connection of a media route) moves to the media runtime: its socket is
-/// re-registered there, so reading its frames, the media clock's 20 ms ticks and writing its
-/// frames never queue behind plugin events or HTTP work on the main runtime. Its plugin events
-/// still run on the main runtime. Other connections stay where hyper accepted them.
+/// A TCP connection is taken out of hyper's upgrade wrapper and split into owned halves, so its
+/// reader and writer never share a lock. A call (a connection of a media route) also moves to
+/// the media runtime: its socket is re-registered there, so reading its frames, the media
+/// clock's 20 ms ticks and writing its frames never queue behind plugin events or HTTP work on
+/// the main runtime. Its plugin events still run on the main runtime. Other connections stay
+/// where hyper accepted them.
 pub async fn serve(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     accepted: Accepted,
@@ -52,58 +54,42 @@ pub async fn serve(
             return;
         }
     };
+    let (tcp, buffered) = match detach(ws) {
+        Ok(detached) => detached,
+        Err(ws) => return run(*ws, tokio::io::split, accepted, plugin, bus, None).await,
+    };
+    // Bytes hyper read past the handshake come first.
+    let split = move |s: tokio::net::TcpStream| {
+        let (r, w) = s.into_split();
+        (std::io::Cursor::new(buffered.clone()).chain(r), w)
+    };
     if accepted.media.is_none() {
-        return run(ws, tokio::io::split, accepted, plugin, bus, None).await;
+        return run(WebSocket::after_handshake(tcp, Role::Server), split, accepted, plugin, bus, None).await;
     }
-    let thread = plugin.services().media.runtime();
-    match detach(ws) {
-        Detached::Socket(socket, buffered) => {
-            let events_on = Some(tokio::runtime::Handle::current());
-            thread.spawn(async move {
-                match tokio::net::TcpStream::from_std(socket) {
-                    Ok(tcp) => {
-                        let ws = WebSocket::after_handshake(tcp, Role::Server);
-                        // Bytes hyper read past the handshake come first.
-                        let split = move |s: tokio::net::TcpStream| {
-                            let (r, w) = s.into_split();
-                            (std::io::Cursor::new(buffered.clone()).chain(r), w)
-                        };
-                        run(ws, split, accepted, plugin, bus, events_on).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not move a call to its media thread"),
-                }
-            });
+    let socket = match tcp.into_std() {
+        Ok(socket) => socket,
+        Err(e) => return tracing::warn!(error = %e, "could not deregister a call's socket"),
+    };
+    let events_on = Some(tokio::runtime::Handle::current());
+    plugin.services().media.runtime().spawn(async move {
+        match tokio::net::TcpStream::from_std(socket) {
+            Ok(tcp) => {
+                run(WebSocket::after_handshake(tcp, Role::Server), split, accepted, plugin, bus, events_on).await
+            }
+            Err(e) => tracing::warn!(error = %e, "could not move a call to its media thread"),
         }
-        Detached::NotTcp(ws) => run(*ws, tokio::io::split, accepted, plugin, bus, None).await,
-        Detached::Lost => {}
-    }
+    });
 }
 
 type Upgrade = WebSocket<TokioIo<Upgraded>>;
 
-/// What [`detach`] made of an upgraded connection.
-enum Detached {
-    /// The TCP socket, deregistered from this runtime, and the bytes hyper had already read
-    /// past the handshake.
-    Socket(std::net::TcpStream, Bytes),
-    /// Not a TCP connection: returned as it was.
-    NotTcp(Box<Upgrade>),
-    /// The socket could not be deregistered; it is closed.
-    Lost,
-}
-
-/// Take the TCP socket out of an upgraded connection.
-fn detach(ws: Upgrade) -> Detached {
+/// Take the TCP stream out of an upgraded connection, with the bytes hyper had already read
+/// past the handshake; a connection that is not TCP is handed back as it was.
+fn detach(ws: Upgrade) -> Result<(tokio::net::TcpStream, Bytes), Box<Upgrade>> {
     let upgraded = ws.into_inner().into_inner();
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => match parts.io.into_inner().into_std() {
-            Ok(socket) => Detached::Socket(socket, parts.read_buf),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not deregister a call's socket");
-                Detached::Lost
-            }
-        },
-        Err(upgraded) => Detached::NotTcp(Box::new(WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server))),
+        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
+        Err(upgraded) => Err(Box::new(WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server))),
     }
 }
 
