@@ -52,16 +52,31 @@ pub fn plugin_file(name: &str) -> PathBuf {
     p
 }
 
-/// A free loopback port (bound then released; the daemon binds it right after).
+/// A free loopback port (bound then released; the daemon binds it right after), never one this
+/// test process was handed before.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
 }
 
-/// `N` distinct free loopback ports: the listeners are held until all are picked, so no two
-/// can be the same (separate [`free_port`] calls may return one port twice).
+/// `N` distinct free loopback ports, none handed out earlier in this test process (so two
+/// daemons, or a daemon and an extra listener, picked at different moments never get the
+/// same port while the first has not bound it yet).
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+    static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Every listener stays bound until all ports are picked, so the OS offers a new port each
+    // time, also after one that was handed out before.
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(N);
+    while ports.len() < N {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    std::array::from_fn(|i| ports[i])
 }
 
 /// Which database a test daemon uses.
