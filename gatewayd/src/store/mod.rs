@@ -38,8 +38,9 @@ pub enum Value {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite only: the single write connection.
-    writer: Option<writer::Writer>,
+    /// Writes (anything but one `SELECT`/`WITH`) go through group commit: one write connection
+    /// on SQLite, [`postgres_writers`] on PostgreSQL.
+    writer: writer::Writer,
 }
 
 /// SQLite settings of every connection. Pages are read through a memory map (no copy per
@@ -55,6 +56,12 @@ const SQLITE_PRAGMAS: [&str; 5] = [
 /// SQLite settings of the write connection: it never checkpoints; [`checkpoint_loop`] does, on
 /// another connection, so copying the WAL into the database never stalls a write.
 const SQLITE_WRITER_PRAGMAS: [&str; 1] = ["PRAGMA wal_autocheckpoint = 0"];
+
+/// PostgreSQL write connections (group-commit writer tasks) beside a pool of `max_connections`:
+/// half as many, at least one. Several batches commit in parallel, each with one WAL flush.
+pub fn postgres_writers(max_connections: u32) -> u32 {
+    (max_connections / 2).max(1)
+}
 
 /// How often the WAL is copied into the database (SQLite).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -72,7 +79,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 impl Store {
     /// Connect to `url` (`sqlite://<path>`, relative to `state_dir`, or `postgres://...`).
     /// SQLite files are created when missing and opened in WAL mode with foreign keys on;
-    /// SQLite gets `max_connections` read connections plus one write connection.
+    /// SQLite gets `max_connections` read connections plus one write connection; PostgreSQL a
+    /// pool of `max_connections` plus [`postgres_writers`] write connections.
     pub async fn connect(url: &str, state_dir: &Path, max_connections: u32) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
@@ -109,9 +117,15 @@ impl Store {
                     sqlx::query(pragma).execute(&mut conn).await?;
                 }
                 tokio::spawn(checkpoint_loop(pool.clone()));
-                Some(writer::Writer::spawn(conn))
+                writer::Writer::spawn(vec![conn], backend, None)
             }
-            Backend::Postgres => None,
+            Backend::Postgres => {
+                let mut conns = Vec::new();
+                for _ in 0..postgres_writers(max_connections) {
+                    conns.push(AnyConnection::connect(&url).await.context("opening a PostgreSQL write connection")?);
+                }
+                writer::Writer::spawn(conns, backend, Some(url.clone()))
+            }
         };
         Ok(Store { pool, backend, writer })
     }
@@ -151,9 +165,9 @@ impl Store {
         Ok(self.prepare(sql, &params).execute(&self.pool).await?.rows_affected())
     }
 
-    /// The group-commit writer, when `sql` is a write on SQLite.
+    /// The group-commit writer, when `sql` is a write.
     fn writer_for(&self, sql: &str) -> Option<&writer::Writer> {
-        self.writer.as_ref().filter(|_| !is_single_read(sql))
+        Some(&self.writer).filter(|_| !is_single_read(sql))
     }
 
     /// Bind `params` to `sql`. On PostgreSQL a prepared statement keeps the parameter types of

@@ -1,5 +1,6 @@
-//! SQLite group commit: every write goes through one connection, owned by one task that runs
-//! the writes queued meanwhile as one transaction.
+//! Group commit: writes are queued to writer tasks, each owning a connection of its own, that
+//! run the writes queued meanwhile as one transaction. SQLite has one writer task; PostgreSQL
+//! several (see `Store::connect`), taking batches off the same queue.
 //!
 //! SQLite has a single writer. With a pool, concurrent writers meet the database lock and wait
 //! in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... ms between tries: under load that
@@ -17,12 +18,16 @@
 //! each statement's end. A statement that
 //! cannot be rewritten safely (other placeholder styles, several statements) runs on its own.
 //!
+//! On PostgreSQL the cost that batching saves is the commit: with `synchronous_commit = on`
+//! every autocommit statement waits for its own WAL flush. A batch runs as `BEGIN`, each
+//! statement in turn (one round trip each), `COMMIT`: one flush for the batch.
+//!
 //! A failing statement must not take its batch neighbours with it: the batch is rolled back and
 //! its statements are run again one by one, each in its own transaction, so each caller gets
 //! exactly the result its statement would have had alone. Nothing was answered before the
 //! rollback, so nothing a caller saw is undone.
 
-use super::{Value, bind, row_values};
+use super::{Backend, Value, bind, row_values};
 use futures_util::TryStreamExt;
 use parking_lot::Mutex;
 use sqlx::{AnyConnection, Either, Executor};
@@ -32,7 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Statements run in one transaction, at most. sqlx's SQLite worker hands results over through
 /// a 50-item channel; a batch yields at most `2 * MAX_BATCH + 2` items (one row per statement
-/// plus each statement's end), which stays within it.
+/// plus each statement's end), which stays within it. (PostgreSQL batches are sent statement by
+/// statement; the same bound keeps their row locks short.)
 pub const MAX_BATCH: usize = 24;
 
 /// Writes waiting for the writer task, at most; further writers wait for room.
@@ -65,10 +71,22 @@ struct Request {
 }
 
 impl Request {
-    /// Can run inside a multi-statement batch: it has a positional form and every `$n` it
-    /// uses has a value.
-    fn batchable(&self) -> bool {
-        self.statement.positional.as_ref().is_some_and(|(_, order)| order.iter().all(|&n| n <= self.params.len()))
+    /// Can run inside a batch. SQLite: it has a positional form and every `$n` it uses has a
+    /// value (the batch is one multi-statement text). PostgreSQL: always (statements are sent
+    /// one by one).
+    fn batchable(&self, backend: Backend) -> bool {
+        backend == Backend::Postgres
+            || self
+                .statement
+                .positional
+                .as_ref()
+                .is_some_and(|(_, order)| order.iter().all(|&n| n <= self.params.len()))
+    }
+
+    /// Whether the statement may be cached as a prepared statement: on PostgreSQL not when a
+    /// parameter is NULL (see `Store::prepare`).
+    fn persistent(&self, backend: Backend) -> bool {
+        !(backend == Backend::Postgres && self.params.contains(&Value::Null))
     }
 }
 
@@ -80,10 +98,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the writer task on `conn` (a connection of its own, used for nothing else).
-    pub fn spawn(conn: AnyConnection) -> Writer {
+    /// Start one writer task per connection in `conns` (connections of their own, used for
+    /// nothing else); they take batches off one queue. SQLite must get exactly one. With
+    /// `reconnect_to` (PostgreSQL), a task whose connection broke opens a new one there.
+    pub fn spawn(conns: Vec<AnyConnection>, backend: Backend, reconnect_to: Option<String>) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(conn, rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for conn in conns {
+            tokio::spawn(run(conn, rx.clone(), backend, reconnect_to.clone()));
+        }
         Writer { queue, statements: Arc::default() }
     }
 
@@ -109,30 +132,68 @@ impl Writer {
     }
 }
 
-async fn run(mut conn: AnyConnection, mut rx: mpsc::Receiver<Request>) {
+/// One writer task: take what is queued (holding the queue only while waiting for it), run it,
+/// answer, repeat.
+async fn run(
+    mut conn: AnyConnection,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>,
+    backend: Backend,
+    reconnect_to: Option<String>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while rx.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Statements that cannot join a batch run alone, in queue order.
         let mut start = 0;
+        let mut failed = false;
         while start < batch.len() {
-            let len = batch[start..].iter().take_while(|r| r.batchable()).count().max(1);
-            run_group(&mut conn, &mut batch[start..start + len]).await;
+            let len = batch[start..].iter().take_while(|r| r.batchable(backend)).count().max(1);
+            failed |= !run_group(&mut conn, &mut batch[start..start + len], backend).await;
             start += len;
         }
         batch.clear();
+        if failed && let Some(url) = &reconnect_to {
+            reconnect_if_broken(&mut conn, url).await;
+        }
     }
     let _ = sqlx::Connection::close(conn).await;
 }
 
-/// Run `group` (one statement, or several batchable ones) and answer each.
-async fn run_group(conn: &mut AnyConnection, group: &mut [Request]) {
+/// After a failed write: when the connection no longer answers a ping (the server restarted,
+/// the network dropped), open a new one, retrying every second. Writes wait in the queue
+/// meanwhile (other writer tasks go on serving them).
+async fn reconnect_if_broken(conn: &mut AnyConnection, url: &str) {
+    if sqlx::Connection::ping(conn).await.is_ok() {
+        return;
+    }
+    loop {
+        match <AnyConnection as sqlx::Connection>::connect(url).await {
+            Ok(new) => {
+                tracing::info!("database write connection re-opened");
+                *conn = new;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "database write connection lost; retrying in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Run `group` (one statement, or several batchable ones) and answer each; false when any
+/// statement failed.
+async fn run_group(conn: &mut AnyConnection, group: &mut [Request], backend: Backend) -> bool {
     if group.len() > 1 {
-        match run_batch(conn, group).await {
+        let batch = match backend {
+            Backend::Sqlite => run_batch(conn, group).await,
+            Backend::Postgres => run_transaction(conn, group).await,
+        };
+        match batch {
             Ok(outcomes) => {
                 for (request, outcome) in group.iter_mut().zip(outcomes) {
                     answer(request, Ok(outcome));
                 }
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::debug!(error = %e, statements = group.len(), "write batch rolled back; retrying one by one");
@@ -140,18 +201,36 @@ async fn run_group(conn: &mut AnyConnection, group: &mut [Request]) {
             }
         }
     }
+    let mut all_ok = true;
     for request in group.iter_mut() {
-        // A text with several statements answers like sqlx's fetch_all/execute: all rows, the
-        // sum of the changes.
-        let outcome = run_statements(conn, &request.statement.sql, &request.params).await.map(|outcomes| {
-            outcomes.into_iter().fold(Outcome::default(), |mut all, o| {
-                all.rows.extend(o.rows);
-                all.affected += o.affected;
-                all
-            })
-        });
+        let outcome = run_alone(conn, request, backend).await;
+        all_ok &= outcome.is_ok();
         answer(request, outcome);
     }
+    all_ok
+}
+
+/// One request's statement text on its own; a text with several statements answers like
+/// sqlx's fetch_all/execute: all rows, the sum of the changes.
+async fn run_alone(conn: &mut AnyConnection, request: &Request, backend: Backend) -> Result<Outcome, sqlx::Error> {
+    let outcomes = run_statements(conn, &request.statement.sql, &request.params, request.persistent(backend)).await?;
+    Ok(outcomes.into_iter().fold(Outcome::default(), |mut all, o| {
+        all.rows.extend(o.rows);
+        all.affected += o.affected;
+        all
+    }))
+}
+
+/// PostgreSQL: the batch's statements one by one between `BEGIN` and `COMMIT`. On error the
+/// transaction may still be open: the caller rolls it back.
+async fn run_transaction(conn: &mut AnyConnection, batch: &[Request]) -> Result<Vec<Outcome>, sqlx::Error> {
+    conn.execute("BEGIN").await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for request in batch {
+        outcomes.push(run_alone(conn, request, Backend::Postgres).await?);
+    }
+    conn.execute("COMMIT").await?;
+    Ok(outcomes)
 }
 
 fn answer(request: &mut Request, outcome: Result<Outcome, sqlx::Error>) {
@@ -172,7 +251,7 @@ async fn run_batch(conn: &mut AnyConnection, batch: &[Request]) -> Result<Vec<Ou
         params.extend(order.iter().map(|&n| &r.params[n - 1]));
     }
     sql.push_str("COMMIT;");
-    let mut outcomes = run_statements(conn, &sql, params).await?;
+    let mut outcomes = run_statements(conn, &sql, params, true).await?;
     if outcomes.len() != batch.len() + 2 {
         let message = format!("write batch: {} results for {} statements", outcomes.len(), batch.len() + 2);
         return Err(sqlx::Error::Protocol(message));
@@ -190,8 +269,9 @@ async fn run_statements<'q>(
     conn: &mut AnyConnection,
     sql: &'q str,
     params: impl IntoIterator<Item = &'q Value>,
+    persistent: bool,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut results = conn.fetch_many(bind(sqlx::query(sql), params));
+    let mut results = conn.fetch_many(bind(sqlx::query(sql).persistent(persistent), params));
     let mut outcomes = Vec::new();
     let mut current = Outcome::default();
     while let Some(item) = results.try_next().await? {
@@ -299,11 +379,74 @@ mod tests {
 
     /// Concurrent writes are batched; a failing one fails alone and the others commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_write_fails_alone() {
+    async fn a_failing_write_fails_alone_on_sqlite() {
         let dir = std::env::temp_dir().join(format!("gatewayd-writer-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::connect("sqlite://w.db", &dir, 2).await.unwrap();
-        store.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)", vec![]).await.unwrap();
+        a_failing_write_fails_alone(store).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same on PostgreSQL (four writer tasks, batches committing in parallel), in a fresh
+    /// database on the local server (`GATEWAYD_TEST_PG` names another admin URL). Fails when
+    /// the server is not reachable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_fails_alone_on_postgres() {
+        let (mut admin, name, url) = postgres_database("batches").await;
+        let store = Store::connect(&url, &std::env::temp_dir(), 8).await.unwrap();
+        a_failing_write_fails_alone(store).await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    }
+
+    /// A fresh database on the local PostgreSQL server; returns (admin connection, its name,
+    /// its URL). Panics when the server is not reachable.
+    async fn postgres_database(tag: &str) -> (sqlx::AnyConnection, String, String) {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let admin_url =
+            std::env::var("GATEWAYD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut admin = sqlx::AnyConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required for this test: {e}"));
+        let name = format!("gw_writer_{tag}_{}", std::process::id());
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        (admin, name, url)
+    }
+
+    /// A writer whose connection the server dropped opens a new one: after at most a failed
+    /// write or two, writes succeed again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_writer_reconnects_after_its_connection_is_dropped() {
+        let (mut admin, name, url) = postgres_database("reconnect").await;
+        let store = Store::connect(&url, &std::env::temp_dir(), 2).await.unwrap();
+        store.execute("CREATE TABLE t (k BIGINT PRIMARY KEY)", vec![]).await.unwrap();
+        let kill = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'");
+        sqlx::query(&kill).execute(&mut admin).await.unwrap();
+        let mut failed = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match store.execute("INSERT INTO t (k) VALUES ($1)", vec![Value::Integer(failed)]).await {
+                Ok(n) => {
+                    assert_eq!(n, 1);
+                    break;
+                }
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "writes still fail after 10 s: {e}");
+                    failed += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert!(failed <= 2, "{failed} writes failed before the writer reconnected");
+        store.close().await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    }
+
+    async fn a_failing_write_fails_alone(store: Store) {
+        store.execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v TEXT NOT NULL)", vec![]).await.unwrap();
         let tasks: Vec<_> = (0..400i64)
             .map(|i| {
                 let store = store.clone();
@@ -323,7 +466,7 @@ mod tests {
                     ok += 1;
                 }
                 (0, Err(e)) => {
-                    assert!(e.to_string().contains("UNIQUE"), "{e}");
+                    assert!(e.to_string().to_lowercase().contains("unique"), "{e}");
                     refused += 1;
                 }
                 (k, Err(e)) => panic!("insert {k} failed: {e}"),
@@ -335,6 +478,5 @@ mod tests {
         let affected = store.execute("UPDATE t SET v = 'x' WHERE k < 10", vec![]).await.unwrap();
         assert_eq!(affected, 9 + 1);
         store.close().await;
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
