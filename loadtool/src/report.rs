@@ -66,9 +66,6 @@ const CLOCK_TICKS: f64 = 100.0;
 
 /// utime + stime of process `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("bad /proc stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    Ok(gatewayd_e2e::proc_stat_field(&stat, 14)? + gatewayd_e2e::proc_stat_field(&stat, 15)?)
 }

@@ -79,6 +79,18 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| ports[i])
 }
 
+/// Numeric field `n` (numbered as in proc(5), 4 and up) of a `/proc/<pid>/stat` or
+/// `/proc/<pid>/task/<tid>/stat` file, e.g. 14 utime, 15 stime (clock ticks), 40 rt_priority,
+/// 41 policy.
+pub fn proc_stat_field(stat_file: &Path, n: usize) -> Result<u64> {
+    let stat = std::fs::read_to_string(stat_file)?;
+    // Fields after the command name (which may contain spaces) start after the last ')', with
+    // field 3 (state).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad stat file {}", stat_file.display()))?;
+    let field = rest.split_whitespace().nth(n.checked_sub(3).ok_or_else(|| anyhow!("field {n}"))?);
+    Ok(field.ok_or_else(|| anyhow!("no field {n} in {}", stat_file.display()))?.parse()?)
+}
+
 /// Which database a test daemon uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {

@@ -108,20 +108,17 @@ async fn sigterm_closes_websockets_with_1001_and_exits() {
     assert!(d.wait().unwrap().success());
 }
 
-/// Scheduling policy and real-time priority of each `gatewayd-media` thread of `pid`, read from
-/// `/proc/<pid>/task/*/stat` (fields 40 and 41: rt_priority, policy; SCHED_RR = 2).
-fn media_thread_scheduling(pid: u32) -> Vec<(u32, u32)> {
+/// Scheduling policy and real-time priority of each `gatewayd-media` thread of `pid` (proc(5)
+/// fields 41 and 40 of its task's stat file; SCHED_RR = 2).
+fn media_thread_scheduling(pid: u32) -> Vec<(u64, u64)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.trim() != "gatewayd-media" {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        // `rest[0]` is field 3 (state), so field n is rest[n - 3].
-        found.push((rest[41 - 3].parse().unwrap(), rest[40 - 3].parse().unwrap()));
+        let stat = task.path().join("stat");
+        found.push((proc_stat_field(&stat, 41).unwrap(), proc_stat_field(&stat, 40).unwrap()));
     }
     found
 }

@@ -63,6 +63,14 @@ pub fn postgres_writers(max_connections: u32) -> u32 {
     (max_connections / 2).max(1)
 }
 
+/// Whether a statement run with `params` may be cached as a prepared statement. On PostgreSQL a
+/// prepared statement keeps the parameter types of its first use, and a NULL is sent typed as
+/// text: a statement first run with a NULL and cached would later misread an integer in that
+/// slot. Statements with a NULL parameter are therefore not cached there; the others are.
+fn may_cache(backend: Backend, params: &[Value]) -> bool {
+    !(backend == Backend::Postgres && params.contains(&Value::Null))
+}
+
 /// How often the WAL is copied into the database (SQLite).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -150,8 +158,8 @@ impl Store {
     /// Run a query; each row is its column values in select order. A write (anything but one
     /// `SELECT`/`WITH`) has committed when this returns.
     pub async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, sqlx::Error> {
-        if let Some(w) = self.writer_for(sql) {
-            return Ok(w.write(sql, params).await?.rows);
+        if !is_single_read(sql) {
+            return Ok(self.writer.write(sql, params).await?.rows);
         }
         let rows = self.prepare(sql, &params).fetch_all(&self.pool).await?;
         rows.iter().map(row_values).collect()
@@ -159,24 +167,15 @@ impl Store {
 
     /// Run a statement; returns the number of rows affected, after it committed.
     pub async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, sqlx::Error> {
-        if let Some(w) = self.writer_for(sql) {
-            return Ok(w.write(sql, params).await?.affected);
+        if !is_single_read(sql) {
+            return Ok(self.writer.write(sql, params).await?.affected);
         }
         Ok(self.prepare(sql, &params).execute(&self.pool).await?.rows_affected())
     }
 
-    /// The group-commit writer, when `sql` is a write.
-    fn writer_for(&self, sql: &str) -> Option<&writer::Writer> {
-        Some(&self.writer).filter(|_| !is_single_read(sql))
-    }
-
-    /// Bind `params` to `sql`. On PostgreSQL a prepared statement keeps the parameter types of
-    /// its first use, and a NULL is sent typed as text: a statement first run with a NULL and
-    /// cached would later misread an integer in that slot. Statements with a NULL parameter are
-    /// therefore not cached there; the others are.
+    /// Bind `params` to `sql` (cached as a prepared statement when [`may_cache`] allows).
     fn prepare<'q>(&self, sql: &'q str, params: &'q [Value]) -> AnyQuery<'q> {
-        let persistent = !(self.backend == Backend::Postgres && params.contains(&Value::Null));
-        bind(sqlx::query(sql).persistent(persistent), params)
+        bind(sqlx::query(sql).persistent(may_cache(self.backend, params)), params)
     }
 
     /// Run statements in one transaction; the first failure rolls all of them back and is

@@ -82,12 +82,6 @@ impl Request {
                 .as_ref()
                 .is_some_and(|(_, order)| order.iter().all(|&n| n <= self.params.len()))
     }
-
-    /// Whether the statement may be cached as a prepared statement: on PostgreSQL not when a
-    /// parameter is NULL (see `Store::prepare`).
-    fn persistent(&self, backend: Backend) -> bool {
-        !(backend == Backend::Postgres && self.params.contains(&Value::Null))
-    }
 }
 
 /// The handle callers queue writes on; cheap to clone. The task ends when every handle is gone.
@@ -213,7 +207,9 @@ async fn run_group(conn: &mut AnyConnection, group: &mut [Request], backend: Bac
 /// One request's statement text on its own; a text with several statements answers like
 /// sqlx's fetch_all/execute: all rows, the sum of the changes.
 async fn run_alone(conn: &mut AnyConnection, request: &Request, backend: Backend) -> Result<Outcome, sqlx::Error> {
-    let outcomes = run_statements(conn, &request.statement.sql, &request.params, request.persistent(backend)).await?;
+    let outcomes =
+        run_statements(conn, &request.statement.sql, &request.params, super::may_cache(backend, &request.params))
+            .await?;
     Ok(outcomes.into_iter().fold(Outcome::default(), |mut all, o| {
         all.rows.extend(o.rows);
         all.affected += o.affected;
