@@ -1,8 +1,8 @@
 //! The local message bus: live connections by id, and the named addresses plugins bind them to.
 //!
 //! Every connection has a bounded [`Outbox`] of outbound frames drained by its writer task;
-//! senders never wait on a socket. A client that stops reading fills its outbox and is
-//! disconnected (close 1008) rather than growing memory. Addresses are namespaced by plugin, so two plugins
+//! senders never wait on a socket. A client that stops reading fills its outbox (bounded in
+//! frames and in bytes) and is disconnected (close 1008) rather than growing memory. Addresses are namespaced by plugin, so two plugins
 //! never see each other's connections.
 
 use bytes::Bytes;
@@ -23,15 +23,37 @@ pub enum Outbound {
     Text(Bytes),
     Binary(Bytes),
     Pong(Bytes),
+    /// A server ping (idle connections, see `server::websocket`).
+    Ping(Bytes),
     /// Send a close frame with this code and reason, then stop writing.
     Close(u16, String),
+}
+
+impl Outbound {
+    /// Payload bytes this frame holds while it waits.
+    fn size(&self) -> usize {
+        match self {
+            Outbound::Text(b) | Outbound::Binary(b) | Outbound::Pong(b) | Outbound::Ping(b) => b.len(),
+            Outbound::Close(_, reason) => reason.len(),
+        }
+    }
+}
+
+/// The frames waiting in an [`Outbox`] and their payload bytes.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    bytes: usize,
 }
 
 /// A connection's outbound queue: bounded, allocated only while frames wait (an idle
 /// connection holds no buffer), single consumer (the writer task).
 pub struct Outbox {
-    queue: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<Queue>,
+    /// At most this many frames wait.
     capacity: usize,
+    /// At most this many payload bytes wait (one larger frame is accepted into an empty queue).
+    capacity_bytes: usize,
     ready: Notify,
     /// Set when the queue overflowed: the writer closes with 1008 at once.
     overflowed: AtomicBool,
@@ -62,11 +84,13 @@ pub enum Next {
 const OUTBOX_KEEP: usize = 8;
 
 impl Outbox {
-    /// An outbox that holds at most `capacity` frames.
-    pub fn new(capacity: usize) -> Outbox {
+    /// An outbox that holds at most `capacity` frames and `capacity_bytes` payload bytes (a
+    /// single frame larger than that is accepted when nothing else waits).
+    pub fn new(capacity: usize, capacity_bytes: usize) -> Outbox {
         Outbox {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity,
+            capacity_bytes,
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -78,14 +102,18 @@ impl Outbox {
         if self.closed.load(Ordering::Acquire) || self.overflowed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
+        let size = frame.size();
         let mut q = self.queue.lock();
-        if q.len() >= self.capacity {
+        let full = q.frames.len() >= self.capacity
+            || (!q.frames.is_empty() && q.bytes.saturating_add(size) > self.capacity_bytes);
+        if full {
             drop(q);
             self.overflowed.store(true, Ordering::Release);
             self.ready.notify_one();
             return Err(PushError::Full);
         }
-        q.push_back(frame);
+        q.bytes += size;
+        q.frames.push_back(frame);
         drop(q);
         self.ready.notify_one();
         Ok(())
@@ -105,9 +133,10 @@ impl Outbox {
             }
             {
                 let mut q = self.queue.lock();
-                if let Some(frame) = q.pop_front() {
-                    if q.is_empty() && q.capacity() > OUTBOX_KEEP {
-                        q.shrink_to(OUTBOX_KEEP);
+                if let Some(frame) = q.frames.pop_front() {
+                    q.bytes -= frame.size();
+                    if q.frames.is_empty() && q.frames.capacity() > OUTBOX_KEEP {
+                        q.frames.shrink_to(OUTBOX_KEEP);
                     }
                     return Next::Frame(frame);
                 }
@@ -287,7 +316,7 @@ mod tests {
     #[test]
     fn addresses_are_per_plugin_and_cleaned_up() {
         let bus = Bus::new();
-        let outbox = Arc::new(Outbox::new(8));
+        let outbox = Arc::new(Outbox::new(8, 1 << 20));
         let a = bus.register(parts(outbox.clone()));
         assert!(bus.bind("sig", a, "guest/b/1"));
         assert!(!bus.bind("chat", a, "guest/b/1"), "another plugin cannot bind it");
@@ -302,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_refuses_and_overflows() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, 1 << 20);
         assert_eq!(outbox.push(text("1")), Ok(()));
         assert_eq!(outbox.push(text("2")), Ok(()));
         assert_eq!(outbox.push(text("3")), Err(PushError::Full));
@@ -311,8 +340,24 @@ mod tests {
     }
 
     #[test]
+    fn an_outbox_is_bounded_in_bytes_too() {
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(outbox.push(Outbound::Binary(Bytes::from(vec![0; 25]))), Ok(()), "one large frame into an empty queue");
+        assert_eq!(outbox.push(text("x")), Err(PushError::Full));
+        assert!(matches!(block_on(outbox.next()), Next::Overflowed));
+
+        let outbox = Outbox::new(100, 10);
+        for _ in 0..10 {
+            assert_eq!(outbox.push(text("x")), Ok(()));
+        }
+        assert!(matches!(block_on(outbox.next()), Next::Frame(_)));
+        assert_eq!(outbox.push(text("y")), Ok(()), "a drained frame frees its bytes");
+        assert_eq!(outbox.push(text("z")), Err(PushError::Full));
+    }
+
+    #[test]
     fn a_closed_outbox_drains_then_ends() {
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(4, 1 << 20);
         outbox.push(text("1")).unwrap();
         outbox.close();
         assert_eq!(outbox.push(text("2")), Err(PushError::Closed));

@@ -41,6 +41,10 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// A tracing-subscriber filter, e.g. `info` or `gatewayd=debug,info`. `RUST_LOG` overrides.
     pub log_level: String,
+    /// File descriptors kept back from client connections for the admin listener, the
+    /// database, plugin files and accepting; client connections of all listeners together stay
+    /// below `RLIMIT_NOFILE` minus this. Default: a tenth of the limit, at least 128.
+    pub reserved_descriptors: Option<u64>,
 }
 
 impl Default for DaemonConfig {
@@ -49,6 +53,7 @@ impl Default for DaemonConfig {
             state_dir: PathBuf::from("/var/lib/gatewayd"),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            reserved_descriptors: None,
         }
     }
 }
@@ -168,6 +173,37 @@ pub struct ListenerConfig {
     /// Frames queued to one slow client before it is disconnected (close 1008).
     #[serde(default = "default_send_queue")]
     pub send_queue_frames: usize,
+    /// Bytes queued to one slow client before it is disconnected (close 1008). One message
+    /// larger than this is still sent when nothing else waits.
+    #[serde(default = "default_send_queue_bytes")]
+    pub send_queue_bytes: usize,
+    /// Time a client has to send a request's headers, ms; also how long an idle keep-alive
+    /// HTTP connection is kept. The connection is dropped when it runs out.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a whole request body, ms; 408 `body_timeout` beyond.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// A WebSocket client that sends nothing for this long is closed with 1001, ms. The daemon
+    /// pings it when it has been silent for half of it (browsers answer pings by themselves).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Time one outbound WebSocket frame may take to reach the socket, ms; a client that
+    /// takes longer is dropped.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Open connections (HTTP and WebSocket) on this listener; more are refused at accept.
+    /// The process as a whole also stays below its open-file limit (see `server::limits`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one client address on this listener; more are refused.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` names the client: for a
+    /// connection from one of them, the per-address cap and the plugin's `remote_addr` use the
+    /// right-most address of that header that is not itself a trusted proxy.
+    #[serde(default, deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -178,6 +214,39 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_send_queue() -> usize {
     1024
+}
+/// A list of networks, each `"a.b.c.d/n"`, `"::1/128"` or a single address.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR network")))
+        })
+        .collect()
+}
+
+fn default_send_queue_bytes() -> usize {
+    1024 * 1024
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    1_000
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -401,6 +470,25 @@ impl Config {
             }
             if l.send_queue_frames == 0 {
                 return err(format!("listeners.{name}.send_queue_frames"), "must be at least 1".into());
+            }
+            if l.send_queue_bytes < 1024 {
+                return err(format!("listeners.{name}.send_queue_bytes"), "must be at least 1024".into());
+            }
+            for (key, ms) in [
+                ("header_timeout_ms", l.header_timeout_ms),
+                ("body_timeout_ms", l.body_timeout_ms),
+                ("idle_timeout_ms", l.idle_timeout_ms),
+                ("write_timeout_ms", l.write_timeout_ms),
+            ] {
+                if !(100..=86_400_000).contains(&ms) {
+                    return err(format!("listeners.{name}.{key}"), "must be between 100 and 86400000 ms".into());
+                }
+            }
+            if l.max_connections == 0 {
+                return err(format!("listeners.{name}.max_connections"), "must be at least 1".into());
+            }
+            if l.max_connections_per_ip == 0 {
+                return err(format!("listeners.{name}.max_connections_per_ip"), "must be at least 1".into());
             }
         }
         for (i, r) in self.routes.iter().enumerate() {

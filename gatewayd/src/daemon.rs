@@ -68,7 +68,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let services =
         Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt, metrics: metrics.clone(), media });
     let runtime = Arc::new(Runtime::load(&config.plugins, services).await?);
-    let server = Server::bind(&config, &runtime, keys.clone(), bus.clone()).await?;
+    let server = Server::bind(&config, &runtime, keys.clone(), bus.clone(), metrics.edge.clone()).await?;
     let admin = Arc::new(Admin { metrics, bus: bus.clone(), ready: false.into() });
     if let Some(a) = &config.admin {
         let socket = tokio::net::TcpListener::bind(a.address)

@@ -35,7 +35,7 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
     let plugin = runtime.plugin("signaling").expect("loaded").clone();
 
     // Room for every reply: the measured loop must never find the outbox full.
-    let outbox = Arc::new(Outbox::new(a.events + 1000));
+    let outbox = Arc::new(Outbox::new(a.events + 1000, usize::MAX));
     let conn = bus.register(ConnParts { plugin: "signaling".into(), outbox: outbox.clone(), session: Arc::default() });
     let drained = outbox.clone();
     let drain = tokio::spawn(async move {

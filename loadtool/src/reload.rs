@@ -87,7 +87,7 @@ pub async fn dispatch(a: DispatchArgs) -> anyhow::Result<()> {
     let services = crate::dispatch::in_process_services(&bus, &v1)?;
     let runtime = Arc::new(Runtime::load(&v1.plugins, services).await?);
     let plugin = runtime.plugin("fault-test").expect("loaded").clone();
-    let outbox = Arc::new(Outbox::new(1 << 24));
+    let outbox = Arc::new(Outbox::new(1 << 24, usize::MAX));
     let conn = bus.register(ConnParts { plugin: "fault-test".into(), outbox: outbox.clone(), session: Arc::default() });
     let drained = outbox.clone();
     tokio::spawn(async move { while let Next::Frame(_) = drained.next().await {} });

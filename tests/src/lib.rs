@@ -156,6 +156,12 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// `[plugins.rooms.config]` body (the rooms listener is always on, see [`Daemon::rooms_addr`]).
     pub rooms_config: String,
+    /// Extra keys of `[listeners.main]` (limits, timeouts, caps).
+    pub main_listener: String,
+    /// Extra keys of `[daemon]`.
+    pub daemon_extra: String,
+    /// The open-file limit (`ulimit -n`) the daemon starts with.
+    pub nofile_limit: Option<u64>,
 }
 
 impl Default for DaemonOptions {
@@ -170,6 +176,9 @@ impl Default for DaemonOptions {
             signaling_file: None,
             env: Vec::new(),
             rooms_config: String::new(),
+            main_listener: String::new(),
+            daemon_extra: String::new(),
+            nofile_limit: None,
         }
     }
 }
@@ -186,6 +195,7 @@ pub struct Daemon {
     pub rooms_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     _pg: Option<PgDatabase>,
+    nofile_limit: Option<u64>,
 }
 
 /// A temporary directory removed on drop (tiny; avoids a dependency).
@@ -233,6 +243,7 @@ impl Daemon {
 [daemon]
 state_dir = "{state}"
 log_level = "info,gatewayd=debug"
+{daemon_extra}
 
 [storage]
 url = "{url}"
@@ -250,6 +261,7 @@ address = "{admin_addr}"
 [listeners.main]
 address = "{addr}"
 max_message_bytes = 16384
+{main_listener}
 
 [[routes]]
 listener = "main"
@@ -293,18 +305,38 @@ fail_init = false
             extra = opts.extra_toml,
             auth_extra = opts.auth_extra,
             rooms = rooms_toml(rooms_addr, &opts.rooms_config),
+            main_listener = opts.main_listener,
+            daemon_extra = opts.daemon_extra,
         );
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config)?;
-        let mut daemon =
-            Daemon { child: None, dir, config_path, addr, admin_addr, rooms_addr, logs: Arc::default(), _pg: pg };
+        let mut daemon = Daemon {
+            child: None,
+            dir,
+            config_path,
+            addr,
+            admin_addr,
+            rooms_addr,
+            logs: Arc::default(),
+            _pg: pg,
+            nofile_limit: opts.nofile_limit,
+        };
         daemon.spawn(&opts.env)?;
         daemon.wait_ready().await?;
         Ok(daemon)
     }
 
     fn spawn(&mut self, env: &[(String, String)]) -> Result<()> {
-        let mut child = Command::new(gatewayd_bin())
+        let mut command = match self.nofile_limit {
+            None => Command::new(gatewayd_bin()),
+            Some(n) => {
+                // The shell lowers its limit and becomes the daemon (same pid).
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(gatewayd_bin());
+                sh
+            }
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env_remove("RUST_LOG")

@@ -9,6 +9,7 @@
 //! | `gatewayd_plugin_load_seconds` | gauge | plugin (latest compile + link + init) |
 //! | `gatewayd_plugin_version_info` | gauge (1) | plugin, version (SHA-256 prefix), file |
 //! | `gatewayd_connections` | gauge | |
+//! | `gatewayd_edge_*` | see `server::limits` | |
 //!
 //! Each plugin clones its metric handles once, so recording an event touches no registry lock.
 
@@ -65,6 +66,8 @@ pub struct Metrics {
     versions: Family<VersionLabel, Gauge>,
     /// Live WebSocket connections.
     pub connections: Gauge,
+    /// Admission, refusals and closes at the edge (`server::limits`).
+    pub edge: std::sync::Arc<crate::server::limits::EdgeMetrics>,
 }
 
 impl Default for Metrics {
@@ -88,7 +91,9 @@ impl Default for Metrics {
         registry.register("plugin_load_seconds", "Latest compile + link + init time of a plugin", load_seconds.clone());
         registry.register("plugin_version_info", "The loaded version of each plugin", versions.clone());
         registry.register("connections", "Live WebSocket connections", connections.clone());
-        Metrics { registry, events, faults, durations, reloads, load_seconds, versions, connections }
+        let edge = std::sync::Arc::new(crate::server::limits::EdgeMetrics::default());
+        edge.register(&mut registry);
+        Metrics { registry, events, faults, durations, reloads, load_seconds, versions, connections, edge }
     }
 }
 

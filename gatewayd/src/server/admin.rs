@@ -24,15 +24,22 @@ pub struct Admin {
 
 /// Serve the admin endpoints on `socket` until the process exits.
 pub async fn serve(socket: TcpListener, admin: Arc<Admin>) {
+    // Admin connections are never refused for capacity; the acceptor keeps the loop alive when
+    // descriptors run short (the client listeners' budget keeps some for it).
+    let mut acceptor = super::Acceptor::new("admin", admin.metrics.edge.clone());
     loop {
-        let Ok((tcp, _)) = socket.accept().await else { continue };
+        let (tcp, _) = acceptor.accept(&socket).await;
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(handle(req, &admin)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         });
     }
 }

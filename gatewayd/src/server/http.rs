@@ -5,29 +5,53 @@ use crate::plugins::{Event, HttpRequest, Session};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use crate::config::ListenerConfig;
+use hyper::body::Body as _;
 use hyper::{Request, Response, StatusCode};
+use std::time::Duration;
 
-/// Read the body (up to `max_body_bytes`, else 413), call the plugin, and turn its answer
-/// into a response. A plugin fault is a 500 with the fault's code.
+/// Read the body (up to `max_body_bytes`, else 413; within `body_timeout_ms`, else 408), call
+/// the plugin, and turn its answer into a response. A plugin fault is a 500 with the fault's
+/// code.
 pub(super) async fn dispatch(
     req: Request<Incoming>,
     route: &Route,
     path: String,
     query: Vec<(String, String)>,
     claims: Option<String>,
-    max_body_bytes: usize,
+    limits: &ListenerConfig,
 ) -> Response<Full<Bytes>> {
+    let max_body_bytes = limits.max_body_bytes;
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("request body exceeds {max_body_bytes} bytes"),
+        )
+    };
+    // A declared length over the limit is refused before a byte of the body is read.
+    if req.body().size_hint().lower() > max_body_bytes as u64 {
+        return too_large();
+    }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!("request body exceeds {max_body_bytes} bytes"),
+    let read = tokio::time::timeout(
+        Duration::from_millis(limits.body_timeout_ms),
+        Limited::new(body, max_body_bytes).collect(),
+    );
+    let body = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => return json_error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
+        Err(_) => {
+            let mut response = json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!("request body not received within {} ms", limits.body_timeout_ms),
             );
+            // The rest of the body is not read: the connection cannot be reused.
+            response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            return response;
         }
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
     };
     let headers = parts
         .headers

@@ -5,7 +5,9 @@
 //! `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
 
 pub mod admin;
+pub mod guard;
 mod http;
+pub mod limits;
 pub mod websocket;
 
 use crate::auth::{Keys, TokenSource, extract_token};
@@ -50,6 +52,8 @@ pub struct Listener {
     routes: RwLock<Arc<Vec<Route>>>,
     jwt: Arc<Keys>,
     bus: Arc<Bus>,
+    /// Connection caps of this listener (`server::limits`).
+    admission: Arc<limits::Admission>,
 }
 
 impl Listener {
@@ -93,8 +97,25 @@ pub struct Server {
 
 impl Server {
     /// Bind every configured listener (so the caller can report readiness only once all
-    /// accept connections) and resolve their routes.
-    pub async fn bind(config: &Config, runtime: &Runtime, jwt: Arc<Keys>, bus: Arc<Bus>) -> anyhow::Result<Server> {
+    /// accept connections) and resolve their routes. Client connections of all listeners share
+    /// the process's descriptor budget ([`limits::Budget::for_process`]).
+    pub async fn bind(
+        config: &Config,
+        runtime: &Runtime,
+        jwt: Arc<Keys>,
+        bus: Arc<Bus>,
+        edge: Arc<limits::EdgeMetrics>,
+    ) -> anyhow::Result<Server> {
+        let budget = limits::Budget::for_process(config.daemon.reserved_descriptors);
+        let wanted: usize = config.listeners.values().map(|l| l.max_connections).sum();
+        if wanted > budget.max() {
+            tracing::warn!(
+                budget = budget.max(),
+                configured = wanted,
+                "the listeners' max_connections add up to more than the open-file limit allows: \
+                 connections beyond the budget are refused (raise LimitNOFILE / ulimit -n)"
+            );
+        }
         let mut bound = Vec::new();
         for (name, l) in &config.listeners {
             let routes = RwLock::new(Arc::new(routes_for(name, config, runtime)));
@@ -110,6 +131,7 @@ impl Server {
                     routes,
                     jwt: jwt.clone(),
                     bus: bus.clone(),
+                    admission: limits::Admission::new(name, l, budget.clone(), edge.clone()),
                 }),
             ));
         }
@@ -132,19 +154,11 @@ impl Server {
         for (socket, listener) in self.bound {
             let mut shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
+                let mut acceptor = Acceptor::new(&listener.name, listener.admission.metrics().clone());
                 loop {
                     tokio::select! {
                         _ = shutdown.changed() => break,
-                        accepted = socket.accept() => match accepted {
-                            Ok((tcp, remote)) => {
-                                let _ = tcp.set_nodelay(true);
-                                tokio::spawn(serve_connection(tcp, remote, listener.clone()));
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "accept failed");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            }
-                        },
+                        (tcp, remote) = acceptor.accept(&socket) => admit(tcp, remote, &listener),
                     }
                 }
             }));
@@ -155,13 +169,110 @@ impl Server {
     }
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, remote: SocketAddr, listener: Arc<Listener>) {
+/// Admit an accepted connection and serve it, or refuse it at once.
+fn admit(tcp: tokio::net::TcpStream, remote: SocketAddr, listener: &Arc<Listener>) {
+    match listener.admission.admit(remote.ip()) {
+        Ok(permit) => {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(serve_connection(tcp, remote, listener.clone(), Arc::new(permit)));
+        }
+        Err(why) => {
+            tracing::debug!(listener = %listener.name, %remote, ?why, "connection refused");
+            // Best effort, never waits: the client learns why, the descriptor is freed now.
+            let _ = tcp.try_write(limits::REFUSED_RESPONSE);
+        }
+    }
+}
+
+/// An accept loop that survives running out of descriptors.
+///
+/// On `EMFILE`/`ENFILE` it logs once per episode, counts each failure, and gives up the
+/// descriptor it keeps in reserve to accept and close the waiting connection with the 503
+/// answer (so the kernel's backlog drains and clients are told at once instead of hanging),
+/// then takes the reserve back. When not even that descriptor comes back, it backs off (10 ms
+/// doubling to 1 s) before trying again.
+pub struct Acceptor {
+    name: String,
+    metrics: Arc<limits::EdgeMetrics>,
+    reserve: Option<std::fs::File>,
+    backoff: std::time::Duration,
+    short: bool,
+}
+
+impl Acceptor {
+    /// An acceptor for listener `name` (the label of its metrics), holding one spare descriptor.
+    pub fn new(name: &str, metrics: Arc<limits::EdgeMetrics>) -> Acceptor {
+        Acceptor {
+            name: name.into(),
+            metrics,
+            reserve: std::fs::File::open("/dev/null").ok(),
+            backoff: std::time::Duration::ZERO,
+            short: false,
+        }
+    }
+
+    /// The next connection.
+    pub async fn accept(&mut self, socket: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+        loop {
+            match socket.accept().await {
+                Ok(accepted) => {
+                    if self.short {
+                        tracing::info!(listener = %self.name, "descriptors available again");
+                        self.short = false;
+                    }
+                    self.backoff = std::time::Duration::ZERO;
+                    return accepted;
+                }
+                Err(e) => {
+                    let descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    self.metrics.accept_error(&self.name, descriptors);
+                    if descriptors && !self.short {
+                        self.short = true;
+                        tracing::error!(listener = %self.name, error = %e, "out of file descriptors: refusing connections until some close (raise LimitNOFILE / ulimit -n, or lower max_connections)");
+                    } else if !descriptors {
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    }
+                    // Shed the waiting connection with the spare descriptor: the backlog drains
+                    // at accept speed instead of one connection per back-off.
+                    if descriptors && self.reserve.take().is_some() {
+                        let shed = tokio::time::timeout(std::time::Duration::from_millis(10), socket.accept());
+                        if let Ok(Ok((tcp, _))) = shed.await {
+                            let _ = tcp.try_write(limits::REFUSED_RESPONSE);
+                        }
+                        self.reserve = std::fs::File::open("/dev/null").ok();
+                        if self.reserve.is_some() {
+                            continue;
+                        }
+                    }
+                    self.backoff = (self.backoff * 2).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+                    tokio::time::sleep(self.backoff).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    listener: Arc<Listener>,
+    permit: Arc<limits::Permit>,
+) {
+    let timeouts = Arc::clone(&listener);
     let service = hyper::service::service_fn(move |req| {
         let listener = listener.clone();
-        async move { Ok::<_, Infallible>(handle(req, remote, &listener).await) }
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(handle(req, remote, &listener, permit).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades();
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(timeouts.config.header_timeout_ms))
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
     if let Err(e) = conn.await {
+        if e.is_timeout() {
+            timeouts.admission.metrics().closed(limits::CloseReason::HeaderTimeout);
+        }
         tracing::debug!(error = %e, "http connection ended with an error");
     }
 }
@@ -184,7 +295,12 @@ fn offers_bearer<B>(req: &Request<B>) -> bool {
         .any(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("bearer")))
 }
 
-async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Listener) -> Response<Full<Bytes>> {
+async fn handle(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    listener: &Listener,
+    permit: Arc<limits::Permit>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Response::builder()
@@ -192,6 +308,18 @@ async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Liste
             .body(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}")))
             .expect("static response parts are valid");
     }
+    // Behind a trusted proxy the client is the address it forwards, and is counted as such.
+    let client_ip = listener.admission.client_ip(peer.ip(), req.headers());
+    let remote = SocketAddr::new(client_ip, if client_ip == peer.ip() { peer.port() } else { 0 });
+    let forwarded = match listener.admission.is_trusted(peer.ip()) {
+        false => None,
+        true => match listener.admission.admit_forwarded(client_ip) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return json_error(StatusCode::TOO_MANY_REQUESTS, "over_capacity", "too many connections from this address");
+            }
+        },
+    };
     let routes = listener.routes.read().clone();
     let Some(route) = routes.iter().find(|r| r.matches(&path)) else {
         return json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"));
@@ -237,9 +365,10 @@ async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Liste
                 query,
                 claims,
                 remote_addr: remote.to_string(),
-                max_message_bytes: listener.config.max_message_bytes,
-                send_queue_frames: listener.config.send_queue_frames,
+                limits: websocket::Limits::of(&listener.config),
                 media: route.media,
+                held: (permit, forwarded),
+                edge: listener.admission.metrics().clone(),
             };
             tokio::spawn(websocket::serve(upgrade, accepted, route.plugin.clone(), listener.bus.clone()));
             let (mut parts, _) = response.into_parts();
@@ -252,6 +381,13 @@ async fn handle(mut req: Request<Incoming>, remote: SocketAddr, listener: &Liste
             }
             Response::from_parts(parts, Full::default())
         }
-        RouteKind::Http => http::dispatch(req, route, path, query, claims, listener.config.max_body_bytes).await,
+        RouteKind::Http => {
+            let response = http::dispatch(req, route, path, query, claims, &listener.config).await;
+            if response.status() == StatusCode::REQUEST_TIMEOUT {
+                listener.admission.metrics().closed(limits::CloseReason::BodyTimeout);
+            }
+            drop(forwarded);
+            response
+        }
     }
 }

@@ -2,19 +2,29 @@
 //! session lock) and a writer that drains the connection's outbound queue.
 //!
 //! Close handling (RFC 6455 section 7): a client close is echoed and ends the connection; a
-//! close requested by the plugin, by a full send queue (1008), by an oversized message (1009)
-//! or by invalid UTF-8 (1007) is sent, after which the peer has `CLOSE_GRACE` to answer.
+//! close requested by the plugin, by a full send queue (1008), by an oversized message (1009,
+//! all fragments counted, refused by the [`FrameGuard`] before they are buffered), by a protocol
+//! violation (1002: unmasked frames, control frames over 125 bytes, bad fragments or opcodes),
+//! by invalid UTF-8 (1007) or by a client silent for the idle timeout (1001; it is pinged after
+//! half of it) is sent, after which the peer has `CLOSE_GRACE` to answer. A frame that cannot
+//! be written within the write timeout drops the connection.
 
+use super::guard::{FrameGuard, Violation};
+use super::limits::{AddressPermit, CloseReason, EdgeMetrics, Permit};
 use crate::bus::{Bus, ConnParts, Next, Outbound, Outbox, SessionCell};
+use crate::config::ListenerConfig;
 use crate::media::{FrameOutcome, MediaEvent};
 use crate::plugins::{ConnectInfo, Event, Fault, Plugin};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tokio::sync::{Notify, mpsc};
 
 /// How long a peer has to answer our close frame before the socket is dropped.
@@ -27,10 +37,39 @@ pub struct Accepted {
     pub query: Vec<(String, String)>,
     pub claims: Option<String>,
     pub remote_addr: String,
-    pub max_message_bytes: usize,
-    pub send_queue_frames: usize,
+    pub limits: Limits,
     /// The route's audio format when it is a media route.
     pub media: Option<crate::media::format::Format>,
+    /// The connection's place in the edge's counts, held until the socket closes.
+    pub held: (Arc<Permit>, Option<AddressPermit>),
+    pub edge: Arc<EdgeMetrics>,
+}
+
+/// A listener's bounds on one WebSocket connection (`[listeners.<name>]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message, all fragments together, bytes (1009 beyond).
+    pub max_message_bytes: usize,
+    /// Outbound frames and bytes queued before the client is dropped as a slow consumer (1008).
+    pub send_queue_frames: usize,
+    pub send_queue_bytes: usize,
+    /// Silence from the client before it is closed (1001); pinged after half of it.
+    pub idle_timeout: Duration,
+    /// Time one outbound frame may take to reach the socket.
+    pub write_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits a listener's config sets.
+    pub fn of(config: &ListenerConfig) -> Limits {
+        Limits {
+            max_message_bytes: config.max_message_bytes,
+            send_queue_frames: config.send_queue_frames,
+            send_queue_bytes: config.send_queue_bytes,
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+        }
+    }
 }
 
 /// Serve one upgraded connection until it closes.
@@ -133,18 +172,24 @@ async fn run<S, R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    ws.set_max_message_size(accepted.max_message_bytes);
+    let limits = accepted.limits;
+    let outbox = Arc::new(Outbox::new(limits.send_queue_frames, limits.send_queue_bytes));
+    // fastwebsockets refuses frames of at least this size; the guard enforces the real bound
+    // (whole messages) first.
+    ws.set_max_message_size(limits.max_message_bytes.saturating_add(1));
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
-    let (rd, wr) = ws.split(split);
+    let (rd, wr) = ws.split(|s| {
+        let (r, w) = split(s);
+        (Guarded::new(r, &limits, outbox.clone()), w)
+    });
     let mut rd = fastwebsockets::FragmentCollectorRead::new(rd);
 
-    let outbox = Arc::new(Outbox::new(accepted.send_queue_frames));
     let closing = Arc::new(Notify::new());
     let session = Arc::new(SessionCell::default());
     let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
     // For a call this is the media runtime, beside the clock that feeds the writer frames.
-    let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone()));
+    let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone(), limits.write_timeout, accepted.edge.clone()));
     let events = Events { plugin: plugin.clone(), session, id, on: events_on };
     let media = accepted.media.map(|format| media_events(id, format, &events));
 
@@ -157,7 +202,7 @@ async fn run<S, R, W>(
         remote_addr: accepted.remote_addr,
     };
     let code = match events.dispatch(Event::Open(info)).await {
-        Ok(()) => read_loop(&mut rd, &events, &outbox, &closing, media.is_some()).await,
+        Ok(()) => read_loop(&mut rd, &events, &outbox, &closing, media.is_some(), &accepted.edge).await,
         Err(fault) => {
             let _ = outbox.push(Outbound::Close(1011, fault.code().into()));
             await_close(&mut rd, &outbox).await
@@ -175,6 +220,7 @@ async fn run<S, R, W>(
     bus.unregister(id);
     outbox.close();
     let _ = writer.await;
+    drop(accepted.held);
 }
 
 /// Register a connection of a media route with the media engine and forward its media events
@@ -200,6 +246,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     outbox: &Outbox,
     closing: &Notify,
     media: bool,
+    edge: &EdgeMetrics,
 ) -> u16 {
     let id = events.id;
     let mut obligated = obligated_sender(outbox);
@@ -225,12 +272,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 OpCode::Close => return close_code(&frame.payload),
                 _ => continue,
             },
-            Err(WebSocketError::FrameTooLarge) => return fail(rd, outbox, 1009, "message too big").await,
-            Err(WebSocketError::InvalidUTF8) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed) => {
-                return 1006;
+            Err(e) => {
+                let (code, reason, why) = match &e {
+                    WebSocketError::IoError(io) => match Refused::of(io) {
+                        Some(Refused::Frame(v)) => (
+                            v.close_code(),
+                            v.to_string(),
+                            if v.close_code() == 1009 { CloseReason::MessageTooBig } else { CloseReason::Protocol },
+                        ),
+                        Some(Refused::Idle) => (1001, "idle timeout".to_string(), CloseReason::Idle),
+                        None => return 1006,
+                    },
+                    WebSocketError::FrameTooLarge => (1009, "message too big".into(), CloseReason::MessageTooBig),
+                    WebSocketError::InvalidUTF8 => (1007, "invalid UTF-8".into(), CloseReason::Protocol),
+                    WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => return 1006,
+                    other => (1002, other.to_string(), CloseReason::Protocol),
+                };
+                edge.closed(why);
+                return fail(rd, outbox, code, &reason).await;
             }
-            Err(e) => return fail(rd, outbox, 1002, &e.to_string()).await,
         };
         // A fault is reported to the client by dispatch_in_session; the connection goes on.
         let _ = events.dispatch(event).await;
@@ -288,23 +348,37 @@ fn close_code(payload: &[u8]) -> u16 {
 
 /// Drain the outbound queue onto the socket. Ends after sending a close frame, on a write
 /// error, or when every sender is gone.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: WebSocketWrite<W>, outbox: Arc<Outbox>, closing: Arc<Notify>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: WebSocketWrite<W>,
+    outbox: Arc<Outbox>,
+    closing: Arc<Notify>,
+    write_timeout: Duration,
+    edge: Arc<EdgeMetrics>,
+) {
     loop {
         let out = match outbox.next().await {
             Next::Frame(out) => out,
-            Next::Overflowed => Outbound::Close(1008, "send queue full".into()),
+            Next::Overflowed => {
+                edge.closed(CloseReason::SlowConsumer);
+                Outbound::Close(1008, "send queue full".into())
+            }
             Next::Done => break,
         };
-        let (result, done) = match &out {
-            Outbound::Text(b) => (wr.write_frame(Frame::text(Payload::Borrowed(b))).await, false),
-            Outbound::Binary(b) => (wr.write_frame(Frame::binary(Payload::Borrowed(b))).await, false),
-            Outbound::Pong(b) => (wr.write_frame(Frame::pong(Payload::Borrowed(b))).await, false),
-            Outbound::Close(code, reason) => {
-                (wr.write_frame(Frame::close(*code, truncate_reason(reason).as_bytes())).await, true)
-            }
+        let done = matches!(out, Outbound::Close(..));
+        let frame = match &out {
+            Outbound::Text(b) => Frame::text(Payload::Borrowed(b)),
+            Outbound::Binary(b) => Frame::binary(Payload::Borrowed(b)),
+            Outbound::Pong(b) => Frame::pong(Payload::Borrowed(b)),
+            Outbound::Ping(b) => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b)),
+            Outbound::Close(code, reason) => Frame::close(*code, truncate_reason(reason).as_bytes()),
         };
-        if result.is_err() || done {
-            break;
+        match tokio::time::timeout(write_timeout, wr.write_frame(frame)).await {
+            Ok(Ok(())) if !done => {}
+            Ok(_) => break,
+            Err(_) => {
+                edge.closed(CloseReason::WriteTimeout);
+                break;
+            }
         }
     }
     outbox.close();
@@ -321,4 +395,111 @@ fn truncate_reason(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+/// Why [`Guarded`] ended a client's stream, carried inside the `io::Error` fastwebsockets
+/// hands back.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// The frame guard refused a frame header.
+    #[error("{0}")]
+    Frame(Violation),
+    /// Nothing arrived for the idle timeout, a ping included.
+    #[error("idle timeout")]
+    Idle,
+}
+
+impl Refused {
+    fn of(e: &std::io::Error) -> Option<&Refused> {
+        e.get_ref()?.downcast_ref::<Refused>()
+    }
+
+    fn into_io(self) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, self)
+    }
+}
+
+/// The read half of a client socket behind the [`FrameGuard`] and the idle timer: bytes reach
+/// fastwebsockets only once the guard passed their frame headers; a client silent for half the
+/// idle timeout gets a ping, silent for all of it ends the stream.
+struct Guarded<R> {
+    inner: R,
+    guard: FrameGuard,
+    /// The refusal to report on the next read, after the bytes before it were handed on.
+    pending: Option<Refused>,
+    /// Fires at the next idle check; reset lazily (a read only records the time).
+    timer: Pin<Box<Sleep>>,
+    last_read: Instant,
+    idle_timeout: Duration,
+    pinged: bool,
+    outbox: Arc<Outbox>,
+}
+
+impl<R> Guarded<R> {
+    fn new(inner: R, limits: &Limits, outbox: Arc<Outbox>) -> Guarded<R> {
+        let now = Instant::now();
+        Guarded {
+            inner,
+            guard: FrameGuard::new(limits.max_message_bytes),
+            pending: None,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout / 2)),
+            last_read: now,
+            idle_timeout: limits.idle_timeout,
+            pinged: false,
+            outbox,
+        }
+    }
+
+    /// Poll the idle timer: `Ready` with the error when the client is gone.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Refused> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let half = self.idle_timeout / 2;
+            if now < self.last_read + half {
+                // Bytes arrived since the timer was set: check again half a timeout after them.
+                self.pinged = false;
+                self.timer.as_mut().reset(self.last_read + half);
+            } else if !self.pinged {
+                self.pinged = true;
+                let _ = self.outbox.push(Outbound::Ping(Bytes::new()));
+                // The client has the other half of the timeout to answer.
+                self.timer.as_mut().reset(now + half);
+            } else {
+                return Poll::Ready(Refused::Idle);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(refused) = this.pending.take() {
+            return Poll::Ready(Err(refused.into_io()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.last_read = Instant::now();
+                if let Err((passed, violation)) = this.guard.inspect(new) {
+                    buf.set_filled(before + passed);
+                    if passed == 0 {
+                        return Poll::Ready(Err(Refused::Frame(violation).into_io()));
+                    }
+                    this.pending = Some(Refused::Frame(violation));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.poll_idle(cx) {
+                Poll::Ready(refused) => Poll::Ready(Err(refused.into_io())),
+                Poll::Pending => Poll::Pending,
+            },
+            error => error,
+        }
+    }
 }
