@@ -1,11 +1,12 @@
 //! Listeners and routing: hyper HTTP/1.1 with WebSocket upgrades (fastwebsockets).
 //!
-//! Each listener serves the routes configured for it, first match wins. Built-in endpoints on
-//! every listener: `GET /healthz`. Errors the daemon answers itself are JSON:
+//! Each listener serves the routes configured for it, first match wins, over plain TCP or TLS
+//! (`tls`). Built-in endpoints on every listener: `GET /healthz`. Errors the daemon answers itself are JSON:
 //! `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
 
 pub mod admin;
 mod http;
+pub mod tls;
 pub mod websocket;
 
 use crate::auth::{Keys, TokenSource, extract_token};
@@ -50,12 +51,26 @@ pub struct Listener {
     routes: RwLock<Arc<Vec<Route>>>,
     jwt: Arc<Keys>,
     bus: Arc<Bus>,
+    /// The certificate of a TLS listener, replaced on reload.
+    tls: Option<tls::Tls>,
 }
 
 impl Listener {
     /// Install the routes `config` gives this listener (on config reload).
     pub fn update_routes(&self, config: &Config, runtime: &Runtime) {
         *self.routes.write() = Arc::new(routes_for(&self.name, config, runtime));
+    }
+
+    /// Reload the certificate of a TLS listener (on config reload: SIGHUP or a file change).
+    /// A failed load keeps the current certificate; turning TLS on or off needs a restart.
+    pub fn reload_tls(&self, config: &ListenerConfig) {
+        match (&self.tls, &config.tls) {
+            (Some(tls), Some(files)) => {
+                tls.reload(files);
+            }
+            (None, None) => {}
+            _ => tracing::warn!(listener = %self.name, "TLS turned on or off in config: restart gatewayd to apply"),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -98,6 +113,7 @@ impl Server {
         let mut bound = Vec::new();
         for (name, l) in &config.listeners {
             let routes = RwLock::new(Arc::new(routes_for(name, config, runtime)));
+            let tls = l.tls.as_ref().map(|files| tls::Tls::load(name, files)).transpose()?;
             let socket = TcpListener::bind(l.address)
                 .await
                 .map_err(|e| anyhow::anyhow!("listeners.{name}: cannot bind {}: {e}", l.address))?;
@@ -110,6 +126,7 @@ impl Server {
                     routes,
                     jwt: jwt.clone(),
                     bus: bus.clone(),
+                    tls,
                 }),
             ));
         }
@@ -156,11 +173,25 @@ impl Server {
 }
 
 async fn serve_connection(tcp: tokio::net::TcpStream, remote: SocketAddr, listener: Arc<Listener>) {
+    let Some(acceptor) = listener.tls.as_ref().map(tls::Tls::acceptor) else {
+        return serve_http(TokioIo::new(tcp), remote, listener).await;
+    };
+    match tls::handshake(acceptor, tcp).await {
+        Ok(stream) => serve_http(TokioIo::new(stream), remote, listener).await,
+        Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// Serve HTTP/1.1 (and WebSocket upgrades) on a connection, plain or TLS.
+async fn serve_http<I>(io: I, remote: SocketAddr, listener: Arc<Listener>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let listener = listener.clone();
         async move { Ok::<_, Infallible>(handle(req, remote, &listener).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades();
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");
     }
