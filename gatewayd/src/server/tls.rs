@@ -237,7 +237,8 @@ mod tests {
     }
 
     fn load_error(files: &TlsConfig) -> String {
-        Tls::load("main", files).err().expect("load fails").to_string()
+        let Err(e) = Tls::load("main", files) else { panic!("load must fail") };
+        e.to_string()
     }
 
     #[test]

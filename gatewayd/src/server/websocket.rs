@@ -57,7 +57,10 @@ pub async fn serve(
         }
     };
     match detach(ws) {
-        Detached::Other(ws) => run(*ws, tokio::io::split, accepted, plugin, bus, None).await,
+        Detached::Other(ws) => {
+            tracing::debug!("upgraded connection is neither TCP nor TLS: served as it is, on this runtime");
+            run(*ws, tokio::io::split, accepted, plugin, bus, None).await
+        }
         Detached::Tcp(tcp, buffered) => {
             // Bytes hyper read past the handshake come first.
             let split = move |s: tokio::net::TcpStream| {
