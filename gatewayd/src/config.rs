@@ -204,6 +204,19 @@ pub struct ListenerConfig {
     /// right-most address of that header that is not itself a trusted proxy.
     #[serde(default, deserialize_with = "networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[listeners.<name>.tls]`: serve TLS (https://, wss://) instead of plain TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[listeners.<name>.tls]`: the listener's certificate, reloaded on SIGHUP and when either
+/// file changes (new handshakes get the new certificate; open connections stay).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server certificate first, then the intermediates.
+    pub cert_file: PathBuf,
+    /// PEM file: the private key (PKCS#8, RSA or EC); readable by the daemon only.
+    pub key_file: PathBuf,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -439,6 +452,10 @@ impl Config {
             }
             p.media.recordings_dir = p.media.recordings_dir.as_ref().map(abs);
         }
+        for tls in self.listeners.values_mut().filter_map(|l| l.tls.as_mut()) {
+            tls.cert_file = abs(&tls.cert_file);
+            tls.key_file = abs(&tls.key_file);
+        }
         for k in &mut self.auth.keys {
             if let Some(f) = &k.public_key_file {
                 k.public_key_file = Some(abs(f));
@@ -550,8 +567,20 @@ impl Config {
         Ok(())
     }
 
-    /// Check what parsing cannot: plugin files exist. Used by `gatewayd check` and start-up.
+    /// Check what parsing cannot: plugin and TLS files exist. Used by `gatewayd check`,
+    /// start-up and reload.
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        for (name, l) in &self.listeners {
+            let Some(tls) = &l.tls else { continue };
+            for (key, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !path.is_file() {
+                    return Err(ConfigError {
+                        path: format!("listeners.{name}.tls.{key}"),
+                        message: format!("{} does not exist", path.display()),
+                    });
+                }
+            }
+        }
         for (name, p) in &self.plugins {
             for (file, path) in &p.media.files {
                 if !path.is_file() {
@@ -600,6 +629,27 @@ mod tests {
         let text = MINIMAL.replace("path = \"/ws/x/\"", "path = \"/ws/x/\"\nbogus = 1");
         let e = Config::parse(&text, Path::new("/")).unwrap_err().to_string();
         assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn tls_table_resolves_paths_and_is_strict() {
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.1:0\"",
+            "address = \"127.0.0.1:0\"\n[listeners.main.tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"/k.pem\"",
+        );
+        let c = Config::parse(&text, Path::new("/etc/gw")).unwrap();
+        let tls = c.listeners["main"].tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.cert_file.as_path(), tls.key_file.as_path()),
+            (Path::new("/etc/gw/tls/cert.pem"), Path::new("/k.pem"))
+        );
+
+        let e = Config::parse(&text.replace("key_file", "keyfile"), Path::new("/")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `keyfile`"), "{e}");
+        let e = Config::parse(&text.replace("key_file = \"/k.pem\"", ""), Path::new("/")).unwrap_err().to_string();
+        assert!(e.contains("missing field `key_file`"), "{e}");
+        let e = c.check_files().unwrap_err().to_string();
+        assert_eq!(e, "listeners.main.tls.cert_file: /etc/gw/tls/cert.pem does not exist");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Start-up, reload and shutdown.
 //!
 //! Start-up: config -> storage (migrated) -> plugins -> listeners bound -> admin -> ready
-//! (`READY=1` to systemd). Reload, on SIGHUP or when the config file or a plugin file changes:
-//! the config is re-read and validated; changed plugins are rebuilt and swapped, JWT keys
-//! rotated, routes replaced; anything invalid is rejected with a log line and a counter while
+//! (`READY=1` to systemd). Reload, on SIGHUP or when the config file, a plugin file or a TLS
+//! certificate or key file changes: the config is re-read and validated; changed plugins are
+//! rebuilt and swapped, JWT keys rotated, routes replaced, TLS certificates re-read; anything invalid is rejected with a log line and a counter while
 //! the running setup keeps serving. Stop, on SIGTERM/SIGINT: stop accepting, close WebSockets
 //! with 1001, let writers finish for up to `DRAIN_TIMEOUT`, exit.
 
@@ -145,6 +145,7 @@ impl Reloader {
                 for listener in &self.listeners {
                     if config.listeners.contains_key(listener.name()) {
                         listener.update_routes(&config, &self.runtime);
+                        listener.reload_tls(&config.listeners[listener.name()]);
                     } else {
                         tracing::warn!(
                             listener = listener.name(),
@@ -159,10 +160,12 @@ impl Reloader {
     }
 }
 
-/// Watch the config file and every plugin file; a change triggers a debounced reload. Returns
-/// the watcher, which must be kept alive.
+/// Watch the config file, every plugin file and every TLS certificate and key file; a change
+/// triggers a debounced reload. Returns the watcher, which must be kept alive.
 fn watch_files(config: &Config, config_path: &Path, reloader: Arc<Reloader>) -> Option<notify::RecommendedWatcher> {
     let mut files: Vec<PathBuf> = config.plugins.values().map(|p| p.file.clone()).collect();
+    let tls = config.listeners.values().filter_map(|l| l.tls.as_ref());
+    files.extend(tls.flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]));
     files.push(std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()));
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watched = files.clone();

@@ -494,10 +494,24 @@ pub async fn http_request(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> Result<HttpAnswer> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    http_request_over(TcpStream::connect(addr).await?, &addr.to_string(), method, path, bearer, body).await
+}
+
+/// [`http_request`] over a connection the caller opened (e.g. TLS); `host` is the `Host` header.
+pub async fn http_request_over<S>(
+    io: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> Result<HttpAnswer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path).header("Host", addr.to_string());
+    let mut req = hyper::Request::builder().method(method).uri(path).header("Host", host);
     if let Some(t) = bearer {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
@@ -590,6 +604,22 @@ impl Client {
         let port = uri.port_u16().unwrap_or(80);
         let stream = TcpStream::connect((host.as_str(), port)).await?;
         stream.set_nodelay(true)?;
+        Client::handshake_over(stream, url, headers).await
+    }
+
+    /// The WebSocket handshake for `url` (`ws://` or `wss://host:port/path?query`; only host,
+    /// port and path are used) over a connection the caller opened, e.g. a TLS stream.
+    pub async fn handshake_over<S>(
+        stream: S,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<std::result::Result<Client, Refused>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let uri: hyper::Uri = url.parse()?;
+        let host = uri.host().ok_or_else(|| anyhow!("no host"))?.to_string();
+        let port = uri.port_u16().unwrap_or(80);
         let mut req = hyper::Request::builder()
             .method("GET")
             .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))

@@ -129,6 +129,7 @@ pub fn main() -> ExitCode {
 
 fn check(config: &Config) -> anyhow::Result<()> {
     config.check_files()?;
+    crate::server::tls::check(config)?;
     crate::auth::JwtVerifier::new(&config.auth)?;
     println!(
         "config ok: {} listener(s), {} route(s), {} plugin(s)",

@@ -1,13 +1,14 @@
 //! Listeners and routing: hyper HTTP/1.1 with WebSocket upgrades (fastwebsockets).
 //!
-//! Each listener serves the routes configured for it, first match wins. Built-in endpoints on
-//! every listener: `GET /healthz`. Errors the daemon answers itself are JSON:
+//! Each listener serves the routes configured for it, first match wins, over plain TCP or TLS
+//! (`tls`). Built-in endpoints on every listener: `GET /healthz`. Errors the daemon answers itself are JSON:
 //! `{"error": "<code>", "message": "<text>"}` with a 4xx/5xx status.
 
 pub mod admin;
 pub mod guard;
 mod http;
 pub mod limits;
+pub mod tls;
 pub mod websocket;
 
 use crate::auth::{Keys, TokenSource, extract_token};
@@ -54,12 +55,26 @@ pub struct Listener {
     bus: Arc<Bus>,
     /// Connection caps of this listener (`server::limits`).
     admission: Arc<limits::Admission>,
+    /// The certificate of a TLS listener, replaced on reload.
+    tls: Option<tls::Tls>,
 }
 
 impl Listener {
     /// Install the routes `config` gives this listener (on config reload).
     pub fn update_routes(&self, config: &Config, runtime: &Runtime) {
         *self.routes.write() = Arc::new(routes_for(&self.name, config, runtime));
+    }
+
+    /// Reload the certificate of a TLS listener (on config reload: SIGHUP or a file change).
+    /// A failed load keeps the current certificate; turning TLS on or off needs a restart.
+    pub fn reload_tls(&self, config: &ListenerConfig) {
+        match (&self.tls, &config.tls) {
+            (Some(tls), Some(files)) => {
+                tls.reload(files);
+            }
+            (None, None) => {}
+            _ => tracing::warn!(listener = %self.name, "TLS turned on or off in config: restart gatewayd to apply"),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -119,6 +134,7 @@ impl Server {
         let mut bound = Vec::new();
         for (name, l) in &config.listeners {
             let routes = RwLock::new(Arc::new(routes_for(name, config, runtime)));
+            let tls = l.tls.as_ref().map(|files| tls::Tls::load(name, files)).transpose()?;
             let socket = TcpListener::bind(l.address)
                 .await
                 .map_err(|e| anyhow::anyhow!("listeners.{name}: cannot bind {}: {e}", l.address))?;
@@ -132,6 +148,7 @@ impl Server {
                     jwt: jwt.clone(),
                     bus: bus.clone(),
                     admission: limits::Admission::new(name, l, budget.clone(), edge.clone()),
+                    tls,
                 }),
             ));
         }
@@ -258,6 +275,21 @@ async fn serve_connection(
     listener: Arc<Listener>,
     permit: Arc<limits::Permit>,
 ) {
+    let Some(acceptor) = listener.tls.as_ref().map(tls::Tls::acceptor) else {
+        return serve_http(TokioIo::new(tcp), remote, listener, permit).await;
+    };
+    match tls::handshake(acceptor, tcp).await {
+        Ok(stream) => serve_http(TokioIo::new(stream), remote, listener, permit).await,
+        Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// Serve HTTP/1.1 (and WebSocket upgrades) on a connection, plain or TLS, holding its place in
+/// the edge's counts (`permit`) until it ends.
+async fn serve_http<I>(io: I, remote: SocketAddr, listener: Arc<Listener>, permit: Arc<limits::Permit>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let timeouts = Arc::clone(&listener);
     let service = hyper::service::service_fn(move |req| {
         let listener = listener.clone();
@@ -267,7 +299,7 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_millis(timeouts.config.header_timeout_ms))
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(io, service)
         .with_upgrades();
     if let Err(e) = conn.await {
         if e.is_timeout() {

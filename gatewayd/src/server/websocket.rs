@@ -15,6 +15,7 @@ use crate::bus::{Bus, ConnParts, Next, Outbound, Outbox, SessionCell};
 use crate::config::ListenerConfig;
 use crate::media::{FrameOutcome, MediaEvent};
 use crate::plugins::{ConnectInfo, Event, Fault, Plugin};
+use crate::server::tls::TlsStream;
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
@@ -74,12 +75,13 @@ impl Limits {
 
 /// Serve one upgraded connection until it closes.
 ///
-/// A TCP connection is taken out of hyper's upgrade wrapper and split into owned halves, so its
-/// reader and writer never share a lock. A call (a connection of a media route) also moves to
-/// the media runtime: its socket is re-registered there, so reading its frames, the media
-/// clock's 20 ms ticks and writing its frames never queue behind plugin events or HTTP work on
-/// the main runtime. Its plugin events still run on the main runtime. Other connections stay
-/// where hyper accepted them.
+/// The connection is taken out of hyper's upgrade wrapper. A TCP connection is split into owned
+/// halves, so its reader and writer never share a lock; a TLS connection is split with
+/// `tokio::io::split` (one TLS session: its halves take a short lock per read or write). A
+/// call (a connection of a media route) also moves to the media runtime: its socket is
+/// re-registered there, so reading its frames, the media clock's 20 ms ticks and writing its
+/// frames never queue behind plugin events or HTTP work on the main runtime. Its plugin events
+/// still run on the main runtime. Other connections stay where hyper accepted them.
 pub async fn serve(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     accepted: Accepted,
@@ -93,27 +95,63 @@ pub async fn serve(
             return;
         }
     };
-    let (tcp, buffered) = match detach(ws) {
-        Ok(detached) => detached,
-        Err(ws) => return run(*ws, tokio::io::split, accepted, plugin, bus, None).await,
-    };
-    // Bytes hyper read past the handshake come first.
-    let split = move |s: tokio::net::TcpStream| {
-        let (r, w) = s.into_split();
-        (std::io::Cursor::new(buffered.clone()).chain(r), w)
-    };
-    if accepted.media.is_none() {
-        return run(WebSocket::after_handshake(tcp, Role::Server), split, accepted, plugin, bus, None).await;
+    match detach(ws) {
+        Detached::Other(ws) => {
+            tracing::debug!("upgraded connection is neither TCP nor TLS: served as it is, on this runtime");
+            run(*ws, tokio::io::split, accepted, plugin, bus, None).await
+        }
+        Detached::Tcp(tcp, buffered) => {
+            // Bytes hyper read past the handshake come first.
+            let split = move |s: tokio::net::TcpStream| {
+                let (r, w) = s.into_split();
+                (std::io::Cursor::new(buffered.clone()).chain(r), w)
+            };
+            if accepted.media.is_none() {
+                return run(WebSocket::after_handshake(tcp, Role::Server), split, accepted, plugin, bus, None).await;
+            }
+            match tcp.into_std() {
+                Ok(socket) => run_call(socket, tokio::net::TcpStream::from_std, split, accepted, plugin, bus),
+                Err(e) => tracing::warn!(error = %e, "could not deregister a call's socket"),
+            }
+        }
+        Detached::Tls(mut tls, buffered) => {
+            let split = move |s: TlsStream| {
+                let (r, w) = tokio::io::split(s);
+                (std::io::Cursor::new(buffered.clone()).chain(r), w)
+            };
+            if accepted.media.is_none() {
+                return run(WebSocket::after_handshake(*tls, Role::Server), split, accepted, plugin, bus, None).await;
+            }
+            match tls.get_mut().0.take_socket() {
+                Ok(socket) => {
+                    let attach = move |socket| tls.get_mut().0.attach(socket).map(|()| *tls);
+                    run_call(socket, attach, split, accepted, plugin, bus)
+                }
+                Err(e) => tracing::warn!(error = %e, "could not deregister a call's socket"),
+            }
+        }
     }
-    let socket = match tcp.into_std() {
-        Ok(socket) => socket,
-        Err(e) => return tracing::warn!(error = %e, "could not deregister a call's socket"),
-    };
+}
+
+/// Run a call on the media runtime: `attach` registers its `socket` (deregistered from this
+/// runtime) there and gives the stream to serve.
+fn run_call<S, R, W>(
+    socket: std::net::TcpStream,
+    attach: impl FnOnce(std::net::TcpStream) -> std::io::Result<S> + Send + 'static,
+    split: impl Fn(S) -> (R, W) + Send + 'static,
+    accepted: Accepted,
+    plugin: Arc<Plugin>,
+    bus: Arc<Bus>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let events_on = Some(tokio::runtime::Handle::current());
     plugin.services().media.runtime().spawn(async move {
-        match tokio::net::TcpStream::from_std(socket) {
-            Ok(tcp) => {
-                run(WebSocket::after_handshake(tcp, Role::Server), split, accepted, plugin, bus, events_on).await
+        match attach(socket) {
+            Ok(stream) => {
+                run(WebSocket::after_handshake(stream, Role::Server), split, accepted, plugin, bus, events_on).await
             }
             Err(e) => tracing::warn!(error = %e, "could not move a call to its media thread"),
         }
@@ -122,13 +160,24 @@ pub async fn serve(
 
 type Upgrade = WebSocket<TokioIo<Upgraded>>;
 
-/// Take the TCP stream out of an upgraded connection, with the bytes hyper had already read
-/// past the handshake; a connection that is not TCP is handed back as it was.
-fn detach(ws: Upgrade) -> Result<(tokio::net::TcpStream, Bytes), Box<Upgrade>> {
+/// An upgraded connection taken out of hyper's wrapper, with the bytes hyper had already read
+/// past the handshake (decrypted, for TLS).
+enum Detached {
+    Tcp(tokio::net::TcpStream, Bytes),
+    Tls(Box<TlsStream>, Bytes),
+    /// Neither: handed back as it was.
+    Other(Box<Upgrade>),
+}
+
+fn detach(ws: Upgrade) -> Detached {
     let upgraded = ws.into_inner().into_inner();
-    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
-        Err(upgraded) => Err(Box::new(WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server))),
+    let upgraded = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => return Detached::Tcp(parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<TlsStream>>() {
+        Ok(parts) => Detached::Tls(Box::new(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => Detached::Other(Box::new(WebSocket::after_handshake(TokioIo::new(upgraded), Role::Server))),
     }
 }
 
