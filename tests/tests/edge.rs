@@ -261,7 +261,8 @@ async fn a_silent_websocket_is_pinged_then_closed_with_1001_and_one_that_answers
     let d = daemon("idle_timeout_ms = 2000").await;
     let mut c = gatewayd_e2e::Client::connect(&d.ws_url("/ws/faults/")).await.unwrap();
     // recv_within reads (and so answers pings) for the whole window; nothing else arrives.
-    assert!(c.recv_within(Duration::from_secs(7)).await.is_err(), "only pings, answered by the client");
+    let got = c.recv_within(Duration::from_secs(7)).await;
+    assert!(got.is_err(), "only pings, answered by the client: {got:?}");
     c.send_text("count").await.unwrap();
     assert_eq!(c.recv_text().await.unwrap(), "count:1");
 }

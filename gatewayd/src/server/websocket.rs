@@ -535,6 +535,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
                     return Poll::Ready(Ok(()));
                 }
                 this.last_read = Instant::now();
+                this.pinged = false;
                 if let Err((passed, violation)) = this.guard.inspect(new) {
                     buf.set_filled(before + passed);
                     if passed == 0 {
