@@ -99,6 +99,10 @@ macro_rules! protocol_plugin {
                 <$ty as $crate::Protocol>::on_media(id, event)
             }
         }
+        // The component's exports exist only in the Wasm build: host builds of plugins (unit
+        // tests, fuzz targets) link several plugins into one binary, whose export symbols
+        // would otherwise collide.
+        #[cfg(target_arch = "wasm32")]
         $crate::export_protocol!($ty with_types_in $crate);
     };
 }
