@@ -16,21 +16,28 @@
 //!   fed the raw client byte stream;
 //! - `twilio_signature`: the Twilio request signature check (URL, form parameters, header).
 
-use std::io::Cursor;
-use std::path::Path;
+
+/// A target body: takes one input, panics only on a bug.
+pub type Body = fn(&[u8]);
 
 /// Every target: (name, body). The name is the cargo-fuzz target and the corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("signaling_message", signaling_message),
     ("chat_message", chat_message),
     ("chat_upload", chat_upload),
     ("rooms_message", rooms_message),
     ("ivr_message", ivr_message),
+    #[cfg(feature = "daemon")]
     ("sql_placeholders", sql_placeholders),
+    #[cfg(feature = "daemon")]
     ("wav_prompt", wav_prompt),
+    #[cfg(feature = "daemon")]
     ("media_frame", media_frame),
+    #[cfg(feature = "daemon")]
     ("config", config),
+    #[cfg(feature = "daemon")]
     ("jwt", jwt),
+    #[cfg(feature = "daemon")]
     ("file_sniff", file_sniff),
 ];
 
@@ -84,6 +91,7 @@ pub fn ivr_message(data: &[u8]) {
 
 /// SQL from plugins: the `$n` -> `?` rewriter of the store writer and the single-read check.
 /// Whatever it returns must be consistent: one parameter number per `?` it wrote, all >= 1.
+#[cfg(feature = "daemon")]
 pub fn sql_placeholders(data: &[u8]) {
     let Some(sql) = text(data) else { return };
     let _ = gatewayd::store::is_single_read(sql);
@@ -95,8 +103,9 @@ pub fn sql_placeholders(data: &[u8]) {
 
 /// WAV prompts: decode the bytes, then convert them to every session rate as the file library
 /// does on first use.
+#[cfg(feature = "daemon")]
 pub fn wav_prompt(data: &[u8]) {
-    if let Ok(clip) = gatewayd::media::files::decode_wav(Cursor::new(data)) {
+    if let Ok(clip) = gatewayd::media::files::decode_wav(std::io::Cursor::new(data)) {
         for rate in [8000, 16000, 48000] {
             let _ = gatewayd::media::resample::resample_clip(&clip.samples, clip.rate, rate);
         }
@@ -105,6 +114,7 @@ pub fn wav_prompt(data: &[u8]) {
 
 /// Media frames from callers: the first byte picks the wire format (codec and rate), the rest is
 /// one frame, decoded as a call decodes it (fixed-size codecs refuse other sizes).
+#[cfg(feature = "daemon")]
 pub fn media_frame(data: &[u8]) {
     use gatewayd::media::codec::Codec;
     use gatewayd::media::format::{CodecName, Format};
@@ -125,15 +135,17 @@ pub fn media_frame(data: &[u8]) {
 }
 
 /// The config loader: TOML text -> validated [`gatewayd::config::Config`].
+#[cfg(feature = "daemon")]
 pub fn config(data: &[u8]) {
     if let Some(t) = text(data) {
-        let _ = gatewayd::config::Config::parse(t, Path::new("/nonexistent-base"));
+        let _ = gatewayd::config::Config::parse(t, std::path::Path::new("/nonexistent-base"));
     }
 }
 
 /// A JWT as clients send it: found in a query, an `Authorization` header or a
 /// `Sec-WebSocket-Protocol` header, then verified with an HS256 key and with a key that has an
 /// issuer, audience and `kid`.
+#[cfg(feature = "daemon")]
 pub fn jwt(data: &[u8]) {
     use gatewayd::auth::{JwtVerifier, extract_token};
     use gatewayd::config::{AuthConfig, JwtKeyConfig};
@@ -175,6 +187,7 @@ pub fn jwt(data: &[u8]) {
 
 /// Uploaded files: the content sniffing that decides a stored file's type, and the name check
 /// of `files.get`.
+#[cfg(feature = "daemon")]
 pub fn file_sniff(data: &[u8]) {
     let _ = gatewayd::plugins::host_files::sniff(data);
     if let Some(t) = text(data) {
