@@ -16,7 +16,6 @@
 //!   fed the raw client byte stream;
 //! - `twilio_signature`: the Twilio request signature check (URL, form parameters, header).
 
-
 /// A target body: takes one input, panics only on a bug.
 pub type Body = fn(&[u8]);
 
