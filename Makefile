@@ -3,11 +3,19 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test chat rooms ivr ivr-menu
+PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+# Autobahn|Testsuite (WebSocket conformance, tests/tests/autobahn.rs) needs Python 2.7: the
+# pyenv interpreter of these machines, with a virtualenv outside the clone.
+PYTHON27 ?= /root/.pyenv/versions/2.7.18/bin/python
+AUTOBAHN_VENV ?= /var/cache/gatewayd-ci/autobahn-venv
+# cargo-fuzz (make fuzz): every target for FUZZ_SECONDS, built into its own target directory.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGET_DIR ?= /var/cache/gatewayd-fuzz
+FUZZ_SANITIZER ?= address
 
-.PHONY: run test plugins build setup test-setup bench bench-ivr check lint
+.PHONY: run test plugins build setup test-setup bench bench-ivr check lint fuzz
 
 # What building needs on a fresh machine: the Wasm target and libopus (Opus codec).
 setup:
@@ -15,8 +23,18 @@ setup:
 	@pkg-config --exists opus 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopus-dev pkg-config; }
 
 # What the tests need besides the build: Chromium + chromedriver (rooms browser test),
-# systemd-analyze (unit checks) and a running local PostgreSQL (tests on both backends).
+# systemd-analyze (unit checks), a running local PostgreSQL (tests on both backends) and
+# Autobahn|Testsuite's wstest (pinned in tests/autobahn/requirements.txt; reinstalled only
+# when the pins change).
 test-setup:
+	@test -x $(PYTHON27) || { echo "Python 2.7 ($(PYTHON27)) is required for Autobahn|Testsuite; set PYTHON27" >&2; exit 1; }
+	@cmp -s tests/autobahn/requirements.txt $(AUTOBAHN_VENV)/requirements.txt && test -x $(AUTOBAHN_VENV)/bin/wstest || { \
+		echo "installing Autobahn|Testsuite into $(AUTOBAHN_VENV)"; \
+		$(PYTHON27) -m virtualenv --version >/dev/null 2>&1 || $(PYTHON27) -m pip install -q --disable-pip-version-check 'virtualenv<20'; \
+		rm -rf $(AUTOBAHN_VENV) && $(PYTHON27) -m virtualenv -q $(AUTOBAHN_VENV) && \
+		$(AUTOBAHN_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r tests/autobahn/requirements.txt && \
+		$(AUTOBAHN_VENV)/bin/wstest --autobahnversion >/dev/null && \
+		cp tests/autobahn/requirements.txt $(AUTOBAHN_VENV)/requirements.txt; }
 	@{ command -v chromium && command -v chromedriver && command -v systemd-analyze; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver systemd; }
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start || true
 	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; pg_isready -h 127.0.0.1 -p 5432
@@ -40,11 +58,21 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build test-setup
-	$(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol
+	GATEWAYD_WSTEST=$(AUTOBAHN_VENV)/bin/wstest $(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol --exclude gatewayd-echo
 	$(CARGO) test --release -p gatewayd-signaling --lib
 	$(CARGO) test --release -p gatewayd-chat --lib
 	$(CARGO) test --release -p gatewayd-rooms --lib
 	$(CARGO) test --release -p gatewayd-ivr-protocol --lib
+
+# Fuzz every target of fuzz/ for FUZZ_SECONDS each (needs cargo-fuzz; the stable toolchain
+# runs it with RUSTC_BOOTSTRAP=1). New inputs land in fuzz/corpus/<target>/, crashes in
+# fuzz/artifacts/<target>/. FUZZ_SANITIZER=none builds without AddressSanitizer.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
+		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) nice -n 15 cargo fuzz run -s $(FUZZ_SANITIZER) $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --all --check

@@ -99,7 +99,26 @@ macro_rules! protocol_plugin {
                 <$ty as $crate::Protocol>::on_media(id, event)
             }
         }
+        // The component's exports exist only in the Wasm build: host builds of plugins (unit
+        // tests, fuzz targets) link several plugins into one binary, whose export symbols
+        // would otherwise collide.
+        #[cfg(target_arch = "wasm32")]
         $crate::export_protocol!($ty with_types_in $crate);
+        /// Host builds only: the handlers, kept reachable (on Wasm they are the exports).
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __protocol_handlers() -> impl ::core::any::Any {
+            (
+                <$ty as $crate::Guest>::init,
+                <$ty as $crate::Guest>::on_open,
+                <$ty as $crate::Guest>::on_text,
+                <$ty as $crate::Guest>::on_binary,
+                <$ty as $crate::Guest>::on_close,
+                <$ty as $crate::Guest>::on_timer,
+                <$ty as $crate::Guest>::on_http,
+                <$ty as $crate::Guest>::on_media,
+            )
+        }
     };
 }
 

@@ -13,10 +13,17 @@ pub struct Clip {
     pub samples: Arc<[i16]>,
 }
 
-/// Read a WAV file as mono 16-bit PCM. Integer PCM of 8 to 32 bits and 32-bit float are
-/// accepted; several channels are mixed down.
+/// Read a WAV file as mono 16-bit PCM (see [`decode_wav`]). Err: the path and why.
 pub fn read_wav(path: &Path) -> Result<Clip, String> {
-    let mut reader = hound::WavReader::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_wav(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Decode WAV bytes as mono 16-bit PCM. Integer PCM of 8 to 32 bits and 32-bit float are
+/// accepted; several channels are mixed down. Err: not WAV, an unsupported format or a
+/// truncated body.
+pub fn decode_wav<R: std::io::Read>(reader: R) -> Result<Clip, String> {
+    let mut reader = hound::WavReader::new(reader).map_err(|e| e.to_string())?;
     let spec = reader.spec();
     let channels = spec.channels.max(1) as usize;
     let interleaved: Vec<i32> = match spec.sample_format {
@@ -29,7 +36,7 @@ pub fn read_wav(path: &Path) -> Result<Clip, String> {
             reader.samples::<f32>().map(|s| s.map(|v| (v.clamp(-1.0, 1.0) * 32767.0) as i32)).collect::<Result<_, _>>()
         }
     }
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+    .map_err(|e| e.to_string())?;
     let samples: Arc<[i16]> = interleaved
         .chunks(channels)
         .map(|c| (c.iter().sum::<i32>() / c.len() as i32).clamp(i16::MIN as i32, i16::MAX as i32) as i16)

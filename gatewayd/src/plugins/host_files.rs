@@ -21,12 +21,12 @@ impl HostState {
 }
 
 /// The sniffed MIME type and extension of `data`, if the content is recognised.
-fn sniff(data: &[u8]) -> Option<(&'static str, &'static str)> {
+pub fn sniff(data: &[u8]) -> Option<(&'static str, &'static str)> {
     infer::get(data).map(|t| (t.mime_type(), t.extension()))
 }
 
 /// True for names `put` generates: 32 lower-case hex digits, `.`, 1-8 ASCII alphanumerics.
-fn is_generated_name(name: &str) -> bool {
+pub fn is_generated_name(name: &str) -> bool {
     let Some((stem, ext)) = name.split_once('.') else { return false };
     stem.len() == 32
         && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -18,7 +18,8 @@
 
 mod bindings;
 mod host;
-mod host_files;
+#[doc(hidden)]
+pub mod host_files;
 mod kv;
 pub mod stats;
 mod timers;

@@ -69,7 +69,7 @@ fn accessible_session(caller: &Caller, session_id: &str) -> Result<db::Session, 
 }
 
 #[derive(Deserialize)]
-struct StartRequest {
+pub(crate) struct StartRequest {
     business: String,
     #[serde(default)]
     department: Option<String>,
@@ -77,13 +77,17 @@ struct StartRequest {
     external_customer_id: Option<String>,
 }
 
+/// Decode the body of `POST /chat/start-session/`. Err: a client-facing reason.
+pub(crate) fn parse_start_request(body: &[u8]) -> Result<StartRequest, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body must be JSON with `business`: {e}"))
+}
+
 /// `POST /chat/start-session/` (public). The visitor is recognised by `external_customer_id`
 /// when given, else by the visitor token of an earlier start (Authorization: Bearer), else it
 /// is a new guest. Returns the active session (existing or new) and a visitor token for it.
 fn start_session(req: &HttpRequest) -> Reply {
     let settings = settings()?;
-    let body: StartRequest = serde_json::from_slice(&req.body)
-        .map_err(|e| error(400, "invalid_request", &format!("body must be JSON with `business`: {e}")))?;
+    let body = parse_start_request(&req.body).map_err(|e| error(400, "invalid_request", &e))?;
     let business = body.business.trim();
     let department = body.department.as_deref().map(str::trim).filter(|d| !d.is_empty());
     let external = body.external_customer_id.as_deref().map(str::trim).filter(|d| !d.is_empty());

@@ -44,6 +44,32 @@ impl Protocol for Chat {
 
 gatewayd_plugin::protocol_plugin!(Chat);
 
+/// The decoders of client bytes, for the fuzz targets (`fuzz-targets/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decode one WebSocket text frame as `on_text` does. Returns whether it decoded.
+    pub fn socket_message(text: &str) -> bool {
+        crate::socket::parse(text).is_ok()
+    }
+
+    /// Decode a `POST /chat/start-session/` body. Returns whether it decoded.
+    pub fn start_session_body(body: &[u8]) -> bool {
+        crate::http::parse_start_request(body).is_ok()
+    }
+
+    /// Parse a `POST /chat/upload-file/` body with its `content-type` header as the upload
+    /// handler does, and check the client file name it carries. Returns whether both passed.
+    pub fn upload_form(content_type: &str, body: Vec<u8>) -> bool {
+        match crate::upload::parse(content_type, body) {
+            Ok(form) => match form.file {
+                Some((Some(name), _)) => crate::upload::check_file_name(&name).is_ok(),
+                _ => true,
+            },
+            Err(_) => false,
+        }
+    }
+}
+
 /// The current time as RFC 3339 UTC with milliseconds, e.g. `2025-07-02T12:00:00.000Z`.
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()

@@ -89,7 +89,7 @@ pub fn open(info: ConnectInfo) {
 /// A client message. Unknown `type`s are refused with an `error`.
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage {
+pub(crate) enum ClientMessage {
     Text {
         content: String,
     },
@@ -112,17 +112,9 @@ pub fn text(id: ConnectionId, text: &str) {
         return send_error(id, "rate_limited", &message);
     }
     session::save(&state);
-    let message = match serde_json::from_str::<Value>(text) {
-        Ok(v) => match v.get("type").and_then(Value::as_str) {
-            Some("text" | "file" | "end_session") => serde_json::from_value::<ClientMessage>(v),
-            Some(other) => return send_error(id, "unknown_type", &format!("Unknown message type `{other}`.")),
-            None => return send_error(id, "invalid_message", "A message needs a string `type`."),
-        },
-        Err(_) => return send_error(id, "invalid_message", "Messages must be JSON objects."),
-    };
-    let message = match message {
+    let message = match parse(text) {
         Ok(m) => m,
-        Err(e) => return send_error(id, "invalid_message", &format!("Invalid message: {e}.")),
+        Err((code, message)) => return send_error(id, code, &message),
     };
     let result = match message {
         ClientMessage::Text { content } => send_text(id, &state, &settings, content),
@@ -139,6 +131,19 @@ pub fn text(id: ConnectionId, text: &str) {
     if let Err(e) = result {
         send_error(id, "internal_error", &format!("The message could not be stored: {e}"));
     }
+}
+
+/// Decode one client text frame. Err: the `error` event's code and message.
+pub(crate) fn parse(text: &str) -> Result<ClientMessage, (&'static str, String)> {
+    let message = match serde_json::from_str::<Value>(text) {
+        Ok(v) => match v.get("type").and_then(Value::as_str) {
+            Some("text" | "file" | "end_session") => serde_json::from_value::<ClientMessage>(v),
+            Some(other) => return Err(("unknown_type", format!("Unknown message type `{other}`."))),
+            None => return Err(("invalid_message", "A message needs a string `type`.".into())),
+        },
+        Err(_) => return Err(("invalid_message", "Messages must be JSON objects.".into())),
+    };
+    message.map_err(|e| ("invalid_message", format!("Invalid message: {e}.")))
 }
 
 /// Token bucket: refill by elapsed time, take one token if there is one.

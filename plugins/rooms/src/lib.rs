@@ -57,3 +57,37 @@ impl Protocol for Rooms {
 }
 
 gatewayd_plugin::protocol_plugin!(Rooms);
+
+/// The decoders of client bytes, for the fuzz targets (`fuzz-targets/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde_json::Value;
+
+    /// Decode one WebSocket text frame, plus the checks a `room:stats` report gets before any
+    /// state is touched. Returns whether it decoded.
+    pub fn ws_message(text: &str) -> bool {
+        match crate::ws::decode(text) {
+            Ok(msg) if msg.get("type").and_then(Value::as_str) == Some("room:stats") => {
+                crate::ws::checked_stats(&msg).is_ok()
+            }
+            Ok(_) => true,
+            Err(e) => {
+                let _ = e.to_event().to_string();
+                false
+            }
+        }
+    }
+
+    /// Decode a REST body as `POST /rooms` and `PATCH /rooms/:id` do: the object, its `name`,
+    /// its `settings` merged (RFC 7386) into the room's current settings and checked.
+    pub fn rest_body(body: &[u8]) -> bool {
+        let Ok(body) = crate::rest::parse_body(body) else { return false };
+        if crate::rest::name_field(&body, false).is_err() {
+            return false;
+        }
+        let Some(patch) = body.get("settings") else { return true };
+        let mut settings = serde_json::json!({"max_participants": 4, "kept": {"a": 1}});
+        crate::rest::merge(&mut settings, patch);
+        crate::rest::check_settings(&settings).is_ok() && crate::rest::check_settings(patch).is_ok()
+    }
+}

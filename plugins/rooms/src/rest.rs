@@ -75,14 +75,19 @@ fn no_content() -> HttpResponse {
 }
 
 fn body_object(req: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice(&req.body) {
+    parse_body(&req.body)
+}
+
+/// Decode a request body that must be a JSON object.
+pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::invalid("the body must be a JSON object")),
         Err(e) => Err(ApiError::invalid(format!("the body is not valid JSON: {e}"))),
     }
 }
 
-fn name_field(body: &Map<String, Value>, required: bool) -> Result<Option<String>, ApiError> {
+pub fn name_field(body: &Map<String, Value>, required: bool) -> Result<Option<String>, ApiError> {
     match body.get("name") {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
         None if !required => Ok(None),
@@ -91,7 +96,7 @@ fn name_field(body: &Map<String, Value>, required: bool) -> Result<Option<String
 }
 
 /// `settings` must be an object; `max_participants`, when present, a positive integer (or null).
-fn check_settings(settings: &Value) -> Result<(), ApiError> {
+pub fn check_settings(settings: &Value) -> Result<(), ApiError> {
     let Value::Object(s) = settings else { return Err(ApiError::invalid("`settings` must be an object")) };
     match s.get("max_participants") {
         None | Some(Value::Null) => Ok(()),
@@ -164,7 +169,7 @@ fn list_rooms(req: &HttpRequest) -> Reply {
 }
 
 /// JSON Merge Patch (RFC 7386): objects merge recursively, `null` removes a key.
-fn merge(target: &mut Value, patch: &Value) {
+pub fn merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;

@@ -73,12 +73,19 @@ pub fn connect_timer(participant_id: &str) {
     }
 }
 
-fn handle(id: ConnectionId, state: &mut ConnState, text: &str) -> Result<(), ApiError> {
+/// Decode one client text frame: a JSON object with a non-empty string `type`.
+pub fn decode(text: &str) -> Result<Map<String, Value>, ApiError> {
     let msg: Map<String, Value> = match serde_json::from_str(text) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Err(ApiError::invalid("a message is a JSON object")),
         Err(e) => return Err(ApiError::invalid(format!("message is not valid JSON: {e}"))),
     };
+    required_str(&msg, "type")?;
+    Ok(msg)
+}
+
+fn handle(id: ConnectionId, state: &mut ConnState, text: &str) -> Result<(), ApiError> {
+    let msg = decode(text)?;
     match required_str(&msg, "type")? {
         "auth" => auth(state, required_str(&msg, "token")?),
         "room:join" => join(id, state, &msg),
@@ -276,6 +283,13 @@ pub const STATS_FIELDS: [(&str, bool); 6] = [
 /// `room:stats` (added): `{"type":"room:stats","roomId":..,"stats":{..}}` with any of
 /// [`STATS_FIELDS`]; the latest report replaces the session's stats. Silent on success.
 fn stats(state: &mut ConnState, msg: &Map<String, Value>) -> Result<(), ApiError> {
+    let clean = checked_stats(msg)?;
+    let p = my_participant(state, msg)?;
+    model::set_session_stats(&p.session_id, &Value::Object(clean))
+}
+
+/// The `stats` object of a `room:stats` message, checked against [`STATS_FIELDS`].
+pub fn checked_stats(msg: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     let Some(Value::Object(reported)) = msg.get("stats") else {
         return Err(ApiError::invalid("`stats` must be an object"));
     };
@@ -294,6 +308,5 @@ fn stats(state: &mut ConnState, msg: &Map<String, Value>) -> Result<(), ApiError
     if clean.is_empty() {
         return Err(ApiError::invalid("`stats` names no stat"));
     }
-    let p = my_participant(state, msg)?;
-    model::set_session_stats(&p.session_id, &Value::Object(clean))
+    Ok(clean)
 }

@@ -275,3 +275,19 @@ fn invite_timeout_ms() -> u32 {
 }
 
 gatewayd_plugin::protocol_plugin!(Signaling);
+
+/// The decoder of client bytes, for the fuzz targets (`fuzz-targets/`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parse one client text frame as `on_text` does and serialize the error it would send.
+    /// Returns whether the frame parsed.
+    pub fn message(text: &str) -> bool {
+        match crate::protocol::parse(text) {
+            Ok(_) => true,
+            Err(e) => {
+                let _ = serde_json::to_string(&e);
+                false
+            }
+        }
+    }
+}

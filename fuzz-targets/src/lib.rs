@@ -1,0 +1,195 @@
+//! Fuzz-target bodies: one function per decoder of untrusted bytes. Each takes the raw input
+//! and must never panic, hang or allocate without bound, whatever the bytes.
+//!
+//! They are called from two places:
+//! - the cargo-fuzz project `fuzz/` (`fuzz/fuzz_targets/<name>.rs`, one line each), which
+//!   searches for inputs that break them (`make fuzz`, see docs/reliability.md);
+//! - `tests/corpus.rs` here, which replays every file of `fuzz/corpus/<name>/` under a plain
+//!   `cargo test` (part of `make test`), so a crash once found stays fixed.
+//!
+//! [`TARGETS`] lists them by name; a new target needs a body here, an entry in [`TARGETS`], a
+//! `fuzz/fuzz_targets/<name>.rs` with its `[[bin]]` in `fuzz/Cargo.toml`, and a seed corpus.
+//!
+//! Slots not filled yet (add them here and in `fuzz/` when the code exists):
+//! - `websocket_frame_guard`: the byte-level WebSocket frame guard of
+//!   `gatewayd::server::websocket` (frame headers, masking, fragment totals, close payloads),
+//!   fed the raw client byte stream;
+//! - `twilio_signature`: the Twilio request signature check (URL, form parameters, header).
+
+/// A target body: takes one input, panics only on a bug.
+pub type Body = fn(&[u8]);
+
+/// Every target: (name, body). The name is the cargo-fuzz target and the corpus folder.
+pub const TARGETS: &[(&str, Body)] = &[
+    ("signaling_message", signaling_message),
+    ("chat_message", chat_message),
+    ("chat_upload", chat_upload),
+    ("rooms_message", rooms_message),
+    ("ivr_message", ivr_message),
+    #[cfg(feature = "daemon")]
+    ("sql_placeholders", sql_placeholders),
+    #[cfg(feature = "daemon")]
+    ("wav_prompt", wav_prompt),
+    #[cfg(feature = "daemon")]
+    ("media_frame", media_frame),
+    #[cfg(feature = "daemon")]
+    ("config", config),
+    #[cfg(feature = "daemon")]
+    ("jwt", jwt),
+    #[cfg(feature = "daemon")]
+    ("file_sniff", file_sniff),
+];
+
+/// A WebSocket text frame reaches a plugin only as UTF-8 (the daemon refuses other text).
+fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
+
+/// Signaling: one client text frame (`protocol::parse`).
+pub fn signaling_message(data: &[u8]) {
+    if let Some(t) = text(data) {
+        gatewayd_signaling::fuzzing::message(t);
+    }
+}
+
+/// Chat: one WebSocket text frame, and the same bytes as a `POST /chat/start-session/` body.
+pub fn chat_message(data: &[u8]) {
+    if let Some(t) = text(data) {
+        gatewayd_chat::fuzzing::socket_message(t);
+    }
+    gatewayd_chat::fuzzing::start_session_body(data);
+}
+
+/// Chat uploads: `<content-type header>\n<multipart body>` (the body may hold any bytes).
+pub fn chat_upload(data: &[u8]) {
+    let (head, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let content_type = String::from_utf8_lossy(head);
+    gatewayd_chat::fuzzing::upload_form(&content_type, body.to_vec());
+}
+
+/// Rooms: one WebSocket text frame, and the same bytes as a REST body (`POST`/`PATCH /rooms`).
+pub fn rooms_message(data: &[u8]) {
+    if let Some(t) = text(data) {
+        gatewayd_rooms::fuzzing::ws_message(t);
+    }
+    gatewayd_rooms::fuzzing::rest_body(data);
+}
+
+/// IVR (`ivr.md` wire, shared by the ivr and ivr-menu plugins): one text message, before and
+/// during a call, and the same text as a timer key.
+pub fn ivr_message(data: &[u8]) {
+    if let Some(t) = text(data) {
+        let _ = gatewayd_ivr_protocol::parse(t, false);
+        let _ = gatewayd_ivr_protocol::parse(t, true);
+        let _ = gatewayd_ivr_protocol::parse_timer_key(t);
+    }
+}
+
+/// SQL from plugins: the `$n` -> `?` rewriter of the store writer and the single-read check.
+/// Whatever it returns must be consistent: one parameter number per `?` it wrote, all >= 1.
+#[cfg(feature = "daemon")]
+pub fn sql_placeholders(data: &[u8]) {
+    let Some(sql) = text(data) else { return };
+    let _ = gatewayd::store::is_single_read(sql);
+    if let Some((out, order)) = gatewayd::store::writer::positional(sql) {
+        assert!(order.iter().all(|&n| n >= 1), "parameter numbers start at 1: {order:?}");
+        assert!(out.len() <= sql.len(), "the rewrite never grows the text");
+    }
+}
+
+/// WAV prompts: decode the bytes, then convert them to every session rate as the file library
+/// does on first use.
+#[cfg(feature = "daemon")]
+pub fn wav_prompt(data: &[u8]) {
+    if let Ok(clip) = gatewayd::media::files::decode_wav(std::io::Cursor::new(data)) {
+        for rate in [8000, 16000, 48000] {
+            let _ = gatewayd::media::resample::resample_clip(&clip.samples, clip.rate, rate);
+        }
+    }
+}
+
+/// Media frames from callers: the first byte picks the wire format (codec and rate), the rest is
+/// one frame, decoded as a call decodes it (fixed-size codecs refuse other sizes).
+#[cfg(feature = "daemon")]
+pub fn media_frame(data: &[u8]) {
+    use gatewayd::media::codec::Codec;
+    use gatewayd::media::format::{CodecName, Format};
+    let Some((&pick, frame)) = data.split_first() else { return };
+    let formats: Vec<Format> = [CodecName::Pcmu, CodecName::Pcma, CodecName::L16, CodecName::Opus]
+        .iter()
+        .flat_map(|&c| c.rates().iter().map(move |&r| Format { codec: c, rate: r }))
+        .collect();
+    let format = formats[pick as usize % formats.len()];
+    let mut codec = Codec::new(format).expect("every listed format has a codec");
+    let mut out = Vec::new();
+    // Twice: Opus keeps state between frames.
+    for _ in 0..2 {
+        if codec.decode(frame, format.frame_samples(), &mut out).is_ok() {
+            assert_eq!(out.len(), format.frame_samples(), "a decoded frame has the frame's sample count");
+        }
+    }
+}
+
+/// The config loader: TOML text -> validated [`gatewayd::config::Config`].
+#[cfg(feature = "daemon")]
+pub fn config(data: &[u8]) {
+    if let Some(t) = text(data) {
+        let _ = gatewayd::config::Config::parse(t, std::path::Path::new("/nonexistent-base"));
+    }
+}
+
+/// A JWT as clients send it: found in a query, an `Authorization` header or a
+/// `Sec-WebSocket-Protocol` header, then verified with an HS256 key and with a key that has an
+/// issuer, audience and `kid`.
+#[cfg(feature = "daemon")]
+pub fn jwt(data: &[u8]) {
+    use gatewayd::auth::{JwtVerifier, extract_token};
+    use gatewayd::config::{AuthConfig, JwtKeyConfig};
+    static VERIFIERS: std::sync::OnceLock<[JwtVerifier; 2]> = std::sync::OnceLock::new();
+    let verifiers = VERIFIERS.get_or_init(|| {
+        let key = |kid: Option<&str>| JwtKeyConfig {
+            algorithm: "HS256".into(),
+            secret: Some("fuzz-secret-0123456789abcdef".into()),
+            secret_env: None,
+            public_key_file: None,
+            kid: kid.map(str::to_string),
+        };
+        let plain = AuthConfig { keys: vec![key(None)], ..AuthConfig::default() };
+        let strict = AuthConfig {
+            keys: vec![key(Some("k1")), key(None)],
+            issuer: Some("gatewayd".into()),
+            audience: Some("clients".into()),
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        };
+        [JwtVerifier::new(&plain).expect("plain verifier"), JwtVerifier::new(&strict).expect("strict verifier")]
+    });
+    let raw = String::from_utf8_lossy(data);
+    let mut headers = hyper::HeaderMap::new();
+    for name in [hyper::header::AUTHORIZATION, hyper::header::SEC_WEBSOCKET_PROTOCOL] {
+        if let Ok(v) = hyper::header::HeaderValue::from_bytes(data) {
+            headers.insert(name, v);
+        }
+    }
+    let from_headers = extract_token(&[], &headers).map(|(t, _)| t);
+    let query = [("token".to_string(), raw.to_string())];
+    let from_query = extract_token(&query, &headers).map(|(t, _)| t);
+    for token in [Some(raw.to_string()), from_headers, from_query].into_iter().flatten() {
+        for v in verifiers {
+            let _ = v.verify(&token);
+        }
+    }
+}
+
+/// Uploaded files: the content sniffing that decides a stored file's type, and the name check
+/// of `files.get`.
+#[cfg(feature = "daemon")]
+pub fn file_sniff(data: &[u8]) {
+    let _ = gatewayd::plugins::host_files::sniff(data);
+    if let Some(t) = text(data) {
+        let _ = gatewayd::plugins::host_files::is_generated_name(t);
+    }
+}
