@@ -11,9 +11,6 @@
 //! `fuzz/fuzz_targets/<name>.rs` with its `[[bin]]` in `fuzz/Cargo.toml`, and a seed corpus.
 //!
 //! Slots not filled yet (add them here and in `fuzz/` when the code exists):
-//! - `websocket_frame_guard`: the byte-level WebSocket frame guard of
-//!   `gatewayd::server::websocket` (frame headers, masking, fragment totals, close payloads),
-//!   fed the raw client byte stream;
 //! - `twilio_signature`: the Twilio request signature check (URL, form parameters, header).
 
 /// A target body: takes one input, panics only on a bug.
@@ -38,6 +35,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("jwt", jwt),
     #[cfg(feature = "daemon")]
     ("file_sniff", file_sniff),
+    #[cfg(feature = "daemon")]
+    ("websocket_frame_guard", websocket_frame_guard),
 ];
 
 /// A WebSocket text frame reaches a plugin only as UTF-8 (the daemon refuses other text).
@@ -191,5 +190,41 @@ pub fn file_sniff(data: &[u8]) {
     let _ = gatewayd::plugins::host_files::sniff(data);
     if let Some(t) = text(data) {
         let _ = gatewayd::plugins::host_files::is_generated_name(t);
+    }
+}
+
+/// The WebSocket frame guard (`gatewayd::server::guard`) on a raw client byte stream: the first
+/// two bytes choose the message limit and the read size, the rest is the stream. The verdict
+/// must not depend on how the stream is cut into reads, and a refused stream stays refused.
+#[cfg(feature = "daemon")]
+pub fn websocket_frame_guard(data: &[u8]) {
+    use gatewayd::server::guard::FrameGuard;
+    let [limit, chunk, stream @ ..] = data else { return };
+    let limit = 125 + usize::from(*limit) * 257;
+    let chunk = usize::from(*chunk).max(1);
+    let whole = FrameGuard::new(limit).inspect(stream);
+    let mut guard = FrameGuard::new(limit);
+    let mut passed = 0;
+    let mut verdict = Ok(());
+    for piece in stream.chunks(chunk) {
+        match guard.inspect(piece) {
+            Ok(()) => passed += piece.len(),
+            Err((n, v)) => {
+                assert!(n <= piece.len(), "offset {n} inside a read of {}", piece.len());
+                passed += n;
+                verdict = Err(v);
+                break;
+            }
+        }
+    }
+    match (&whole, &verdict) {
+        (Ok(()), Ok(())) => assert_eq!(passed, stream.len()),
+        (Err((at, v)), Err(w)) => {
+            assert_eq!(v, w, "same violation whatever the reads");
+            // Bytes of the refused header that came in earlier reads were passed on already.
+            assert!(*at <= passed && passed < at + 14, "refused at {at}, passed {passed}");
+            assert_eq!(guard.inspect(b"more").map_err(|(n, _)| n), Err(0), "refused for good");
+        }
+        _ => panic!("verdicts differ: whole {whole:?}, in reads {verdict:?}"),
     }
 }

@@ -76,6 +76,7 @@ async fn autobahn_fuzzing_client_cases_all_pass() {
 address = "127.0.0.1:{port}"
 max_message_bytes = {MAX_MESSAGE_BYTES}
 send_queue_frames = 4096
+send_queue_bytes = 67108864
 
 [[routes]]
 listener = "conformance"
