@@ -15,9 +15,12 @@ setup:
 	@pkg-config --exists opus 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopus-dev pkg-config; }
 
 # What the tests need besides the build: Chromium + chromedriver (rooms browser test),
-# systemd-analyze (unit checks) and a running local PostgreSQL (tests on both backends).
+# systemd-analyze (unit checks), a running local PostgreSQL (tests on both backends), and for
+# the chaos tests the PostgreSQL server binaries (initdb, pg_ctl: a server of the test's own),
+# runuser and mount (util-linux: run them as `postgres`, mount a small tmpfs; run as root).
 test-setup:
 	@{ command -v chromium && command -v chromedriver && command -v systemd-analyze; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver systemd; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v runuser && command -v mount; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql util-linux mount; }
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start || true
 	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; pg_isready -h 127.0.0.1 -p 5432
 
