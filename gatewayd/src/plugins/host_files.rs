@@ -55,6 +55,9 @@ async fn write_part(tmp: &PathBuf, data: &[u8]) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(tmp).await?;
     f.write_all(data).await?;
+    // tokio's `File` writes in the background: a failed last write (a full disk) is reported
+    // by `flush`, not by `sync_all`. Without this, a truncated file was kept and acknowledged.
+    f.flush().await?;
     f.sync_all().await
 }
 
