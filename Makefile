@@ -23,9 +23,11 @@ setup:
 	@pkg-config --exists opus 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopus-dev pkg-config; }
 
 # What the tests need besides the build: Chromium + chromedriver (rooms browser test),
-# systemd-analyze (unit checks), a running local PostgreSQL (tests on both backends) and
+# systemd-analyze (unit checks), a running local PostgreSQL (tests on both backends),
 # Autobahn|Testsuite's wstest (pinned in tests/autobahn/requirements.txt; reinstalled only
-# when the pins change).
+# when the pins change), and for the chaos tests the PostgreSQL server binaries (initdb,
+# pg_ctl: a server of the test's own), runuser and mount (util-linux: run them as `postgres`,
+# mount a small tmpfs; run as root).
 test-setup:
 	@test -x $(PYTHON27) || { echo "Python 2.7 ($(PYTHON27)) is required for Autobahn|Testsuite; set PYTHON27" >&2; exit 1; }
 	@cmp -s tests/autobahn/requirements.txt $(AUTOBAHN_VENV)/requirements.txt && test -x $(AUTOBAHN_VENV)/bin/wstest || { \
@@ -36,6 +38,7 @@ test-setup:
 		$(AUTOBAHN_VENV)/bin/wstest --autobahnversion >/dev/null && \
 		cp tests/autobahn/requirements.txt $(AUTOBAHN_VENV)/requirements.txt; }
 	@{ command -v chromium && command -v chromedriver && command -v systemd-analyze; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver systemd; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v runuser && command -v mount; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql util-linux mount; }
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start || true
 	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; pg_isready -h 127.0.0.1 -p 5432
 

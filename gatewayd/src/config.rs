@@ -354,7 +354,10 @@ pub struct PluginMediaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
-    /// Wall time one event may run before it is interrupted (epoch deadline), in ms.
+    /// CPU time the plugin's own code may use in one event (or `init`) before it is
+    /// interrupted, in ms. Host calls, instantiation and waiting for a CPU are not counted; the
+    /// event's wall time is bounded separately at 10 times this, at least 10 s
+    /// (`plugins/budget.rs`).
     pub event_timeout_ms: u64,
     /// Linear memory one instance may grow to, in MiB.
     pub memory_mb: u64,

@@ -21,6 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+/// How long a test waits for something the daemon must do (an answer, a broadcast, a close).
+/// Generous on purpose: a test must pass on a busy machine, so no wait for a required event
+/// may be tight; only "nothing arrives" windows ([`Client::expect_silence`]) are short.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
 /// HS256 secret of every test config.
 pub const TEST_SECRET: &str = "gatewayd-test-secret-0123456789abcdef";
 
@@ -162,6 +167,9 @@ pub struct DaemonOptions {
     pub daemon_extra: String,
     /// The open-file limit (`ulimit -n`) the daemon starts with.
     pub nofile_limit: Option<u64>,
+    /// `[storage] url` to use instead of the one `db` picks (e.g. a PostgreSQL server the test
+    /// started itself).
+    pub database_url: Option<String>,
 }
 
 impl Default for DaemonOptions {
@@ -179,6 +187,7 @@ impl Default for DaemonOptions {
             main_listener: String::new(),
             daemon_extra: String::new(),
             nofile_limit: None,
+            database_url: None,
         }
     }
 }
@@ -231,9 +240,10 @@ impl Daemon {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let admin_addr: SocketAddr = format!("127.0.0.1:{admin_port}").parse()?;
         let rooms_addr: SocketAddr = format!("127.0.0.1:{rooms_port}").parse()?;
-        let (url, pg) = match opts.db {
-            Db::Sqlite => ("sqlite://gatewayd.db".to_string(), None),
-            Db::Postgres => {
+        let (url, pg) = match (&opts.database_url, opts.db) {
+            (Some(url), _) => (url.clone(), None),
+            (None, Db::Sqlite) => ("sqlite://gatewayd.db".to_string(), None),
+            (None, Db::Postgres) => {
                 let pg = PgDatabase::create().await;
                 (pg.url.clone(), Some(pg))
             }
@@ -361,7 +371,8 @@ fail_init = false
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        for _ in 0..300 {
+        // Generous: start-up compiles every plugin, which takes long on a busy machine.
+        for _ in 0..1200 {
             if let Some(status) = self.child.as_mut().expect("spawned").try_wait()? {
                 bail!("gatewayd exited with {status} during start-up:\n{}", self.logs().join("\n"));
             }
@@ -370,7 +381,7 @@ fail_init = false
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("gatewayd did not become ready in 15 s:\n{}", self.logs().join("\n"))
+        bail!("gatewayd did not become ready in 60 s:\n{}", self.logs().join("\n"))
     }
 
     /// GET `path` on the admin listener; returns (status, body).
@@ -698,17 +709,17 @@ impl Client {
         tokio::time::timeout(within, read).await.map_err(|_| anyhow!("nothing received within {within:?}"))?
     }
 
-    /// Next text message as JSON (within 5 s); a close or binary frame is an error.
+    /// Next text message as JSON (within [`PATIENCE`]); a close or binary frame is an error.
     pub async fn recv_json(&mut self) -> Result<Value> {
-        match self.recv_within(Duration::from_secs(5)).await? {
+        match self.recv_within(PATIENCE).await? {
             Incoming::Text(t) => serde_json::from_str(&t).with_context(|| format!("not JSON: {t}")),
             other => bail!("expected a text message, got {other:?}"),
         }
     }
 
-    /// Next text message (within 5 s).
+    /// Next text message (within [`PATIENCE`]).
     pub async fn recv_text(&mut self) -> Result<String> {
-        match self.recv_within(Duration::from_secs(5)).await? {
+        match self.recv_within(PATIENCE).await? {
             Incoming::Text(t) => Ok(t),
             other => bail!("expected a text message, got {other:?}"),
         }
@@ -716,7 +727,7 @@ impl Client {
 
     /// Expect the server to close the connection; returns (code, reason).
     pub async fn recv_close(&mut self) -> Result<(u16, String)> {
-        match self.recv_within(Duration::from_secs(5)).await? {
+        match self.recv_within(PATIENCE).await? {
             Incoming::Closed(code, reason) => Ok((code, reason)),
             other => bail!("expected a close, got {other:?}"),
         }

@@ -41,7 +41,8 @@ async fn trap_loop_and_oom_end_only_their_event() {
     assert_eq!(bystander.recv_text().await.unwrap(), "echo:hello");
     let v: Value = victim.recv_json().await.unwrap();
     assert_eq!(v["code"], "plugin_timeout", "{v}");
-    assert!(started.elapsed() < Duration::from_secs(2), "loop took {:?} to stop", started.elapsed());
+    // 100 ms of the plugin's own CPU time; the wall time that takes depends on the machine's load.
+    assert!(started.elapsed() < PATIENCE, "loop took {:?} to stop", started.elapsed());
 
     expect_fault(&mut victim, "oom", "plugin_memory").await;
     victim.send_text("count").await.unwrap();

@@ -461,7 +461,8 @@ async fn invite_times_out(db: Db) {
         g.recv_json().await.unwrap(),
         json!({"type": "call.timeout", "from_agent_id": A1, "business_id": B1, "room_id": "late"})
     );
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    // Fired (after ~1 s; how late depends on the machine's load, so the bound is generous).
+    assert!(t0.elapsed() < PATIENCE);
     assert_eq!(
         error(
             &mut g,

@@ -32,6 +32,8 @@ pub struct HostState {
     config_json: Arc<str>,
     /// The session of the event being run.
     scope: Session,
+    /// CPU time the guest used against the current call's limit.
+    budget: super::budget::Budget,
 }
 
 /// Caps linear memory; remembers a refused growth so the fault can be named.
@@ -72,6 +74,7 @@ impl HostState {
             files: capabilities.files.clone(),
             config_json,
             scope: Session::default(),
+            budget: super::budget::Budget::default(),
         }
     }
 
@@ -81,6 +84,10 @@ impl HostState {
 
     pub(super) fn memory_limit_hit(&self) -> bool {
         self.limiter.hit
+    }
+
+    pub(super) fn budget_mut(&mut self) -> &mut super::budget::Budget {
+        &mut self.budget
     }
 
     pub(super) fn begin(&mut self, session: Session) {

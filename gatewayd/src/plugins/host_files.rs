@@ -34,15 +34,43 @@ pub fn is_generated_name(name: &str) -> bool {
         && ext.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Write `data` to `dir/name` atomically: a hidden `.part` file, synced, then renamed. On any
+/// failure (a full disk included) the partial file is removed, so nothing half-written is ever
+/// left under the directory.
 async fn write_new(dir: &PathBuf, name: &str, data: &[u8]) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
     tokio::fs::create_dir_all(dir).await?;
     let tmp = dir.join(format!(".{name}.part"));
-    let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).await?;
+    let written = write_part(&tmp, data).await;
+    let result = match written {
+        Ok(()) => tokio::fs::rename(&tmp, dir.join(name)).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+async fn write_part(tmp: &PathBuf, data: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(tmp).await?;
     f.write_all(data).await?;
-    f.sync_all().await?;
-    drop(f);
-    tokio::fs::rename(&tmp, dir.join(name)).await
+    // tokio's `File` writes in the background: a failed last write (a full disk) is reported
+    // by `flush`, not by `sync_all`. Without this, a truncated file was kept and acknowledged.
+    f.flush().await?;
+    f.sync_all().await
+}
+
+/// The error `put` reports for a failed write: `no_space` when the file system is full or
+/// over quota (the client can be told to retry later), `io` otherwise.
+fn write_error(e: &std::io::Error) -> String {
+    let full = matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+    if full {
+        "no_space: the media storage is full".to_string()
+    } else {
+        "io: the file could not be stored".to_string()
+    }
 }
 
 impl files::Host for HostState {
@@ -59,7 +87,7 @@ impl files::Host for HostState {
         let name = format!("{}.{ext}", uuid::Uuid::new_v4().simple());
         write_new(&cap.dir, &name, &data).await.map_err(|e| {
             tracing::error!(dir = %cap.dir.display(), error = %e, "storing a plugin file failed");
-            "io: the file could not be stored".to_string()
+            write_error(&e)
         })?;
         Ok(StoredFile { name, content_type: mime.to_string(), size: data.len() as u64 })
     }
@@ -99,6 +127,14 @@ mod tests {
         assert!(!super::is_generated_name("../0123456789abcdef0123456789abcdef.png"));
         assert!(!super::is_generated_name("0123456789abcdef0123456789abcdef.png/.."));
         assert!(!super::is_generated_name("gatewayd.db"));
+    }
+
+    #[test]
+    fn a_full_disk_is_named() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(super::write_error(&full).starts_with("no_space: "));
+        let other = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(super::write_error(&other).starts_with("io: "));
     }
 
     #[test]

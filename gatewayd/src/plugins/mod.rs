@@ -2,7 +2,7 @@
 //!
 //! Mechanism, chosen by measurement (docs/architecture.md): each plugin version keeps a pool of
 //! warm instances. An event takes an idle instance (or instantiates one from the pre-linked
-//! `InstancePre`), hands it the session state, runs under an epoch deadline and a memory cap, and
+//! `InstancePre`), hands it the session state, runs under a CPU-time budget (plugins/budget.rs) and a memory cap, and
 //! gives the instance back. An instance that traps, runs out of time or memory is dropped; the
 //! next event gets a fresh one. Because session state lives in the host (property 1), any warm
 //! instance serves any session, and a new version can take over between two events (property 2).
@@ -17,6 +17,7 @@
 //! concurrently on all runtime threads.
 
 mod bindings;
+mod budget;
 mod host;
 #[doc(hidden)]
 pub mod host_files;
@@ -41,8 +42,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store as WasmStore};
 
-/// Epoch ticks: one every `EPOCH_TICK`; an event's deadline is a number of ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+use budget::{Budget, EPOCH_TICK, INSTANTIATE_LIMIT, Verdict};
 
 /// An event delivered to a plugin.
 #[derive(Debug)]
@@ -109,7 +109,8 @@ struct Version {
     capabilities: Capabilities,
     /// The plugin's config table as JSON (`config.get`).
     config_json: Arc<str>,
-    deadline_ticks: u64,
+    /// CPU time the plugin's own code may use per event or `init` (`event_timeout_ms`).
+    event_limit: Duration,
     /// Identity of this version: the component file and config it was built from.
     info: VersionInfo,
 }
@@ -202,7 +203,6 @@ impl Runtime {
             anyhow::anyhow!("plugin `{name}`: does not fit the gatewayd:plugin@0.1.0 protocol world: {e}")
         })?;
         let pre = bindings::ProtocolPre::new(pre).map_err(|e| anyhow::anyhow!("plugin `{name}`: {e}"))?;
-        let ticks = config.limits.event_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
         let config_json = serde_json::to_string(&config.config).context("plugin config to JSON")?;
         Ok(Version {
             pre,
@@ -211,7 +211,7 @@ impl Runtime {
             limits: config.limits.clone(),
             capabilities: config.capabilities.clone(),
             config_json: config_json.into(),
-            deadline_ticks: ticks,
+            event_limit: Duration::from_millis(config.limits.event_timeout_ms),
             info: VersionInfo {
                 file: config.file.clone(),
                 hash,
@@ -323,7 +323,7 @@ impl Plugin {
     /// Run `init` on a fresh instance of `version`; on success the instance joins its pool.
     async fn init(self: &Arc<Self>, version: &Version) -> anyhow::Result<()> {
         let mut warm = self.instantiate(version).await.map_err(|f| anyhow::anyhow!("{f}"))?;
-        warm.store.set_epoch_deadline(version.deadline_ticks);
+        arm(&mut warm.store, version.event_limit);
         let result = warm.bindings.gatewayd_plugin_handler().call_init(&mut warm.store).await;
         match result {
             Ok(Ok(())) => {
@@ -339,8 +339,26 @@ impl Plugin {
         let state = HostState::new(self, version.limits.memory_mb, &version.capabilities, version.config_json.clone());
         let mut store = WasmStore::new(&self.engine, state);
         store.limiter(|s| s.limiter());
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(version.deadline_ticks);
+        // Charge the guest's own CPU time only (plugins/budget.rs); instantiation has its own
+        // generous bound, so a cold instance starts its first event with the whole limit.
+        store.call_hook(|mut ctx, hook| {
+            let cpu = budget::thread_cpu_time();
+            let budget = ctx.data_mut().budget_mut();
+            if hook.entering_host() {
+                budget.leave_guest(cpu)
+            } else {
+                budget.enter_guest(cpu)
+            }
+            Ok(())
+        });
+        store.epoch_deadline_callback(|mut ctx| {
+            let verdict = ctx.data_mut().budget_mut().on_deadline(budget::thread_cpu_time(), Instant::now());
+            Ok(match verdict {
+                Verdict::Continue(ticks) => wasmtime::UpdateDeadline::Continue(ticks),
+                Verdict::Interrupt => wasmtime::UpdateDeadline::Interrupt,
+            })
+        });
+        arm(&mut store, INSTANTIATE_LIMIT);
         let bindings =
             version.pre.instantiate_async(&mut store).await.map_err(|e| Fault::Instantiate(format!("{e}")))?;
         Ok(Warm { store, bindings })
@@ -375,7 +393,7 @@ impl Plugin {
             },
         };
         warm.store.data_mut().begin(session);
-        warm.store.set_epoch_deadline(version.deadline_ticks);
+        arm(&mut warm.store, version.event_limit);
         let handler = warm.bindings.gatewayd_plugin_handler();
         let store = &mut warm.store;
         let result = match event {
@@ -423,6 +441,13 @@ impl Plugin {
         }
         result.map(|_| ())
     }
+}
+
+/// Start a fresh budget of `limit` guest CPU time for the next call into `store`.
+fn arm(store: &mut WasmStore<HostState>, limit: Duration) {
+    let budget = Budget::new(limit, Instant::now());
+    store.set_epoch_deadline(budget.initial_ticks());
+    *store.data_mut().budget_mut() = budget;
 }
 
 fn to_wit_media(event: crate::media::MediaEvent) -> bindings::gatewayd::plugin::media::MediaEvent {

@@ -186,6 +186,7 @@ fn upload_file(req: HttpRequest) -> Reply {
         match code {
             "too_large" => error(413, "file_too_large", &e),
             "unknown_type" | "type_not_allowed" => error(415, "unsupported_file_type", &e),
+            "no_space" => error(507, "storage_full", "the file could not be stored: storage is full, try again later"),
             _ => internal(e),
         }
     })?;
