@@ -342,7 +342,11 @@ mod tests {
     #[test]
     fn an_outbox_is_bounded_in_bytes_too() {
         let outbox = Outbox::new(100, 10);
-        assert_eq!(outbox.push(Outbound::Binary(Bytes::from(vec![0; 25]))), Ok(()), "one large frame into an empty queue");
+        assert_eq!(
+            outbox.push(Outbound::Binary(Bytes::from(vec![0; 25]))),
+            Ok(()),
+            "one large frame into an empty queue"
+        );
         assert_eq!(outbox.push(text("x")), Err(PushError::Full));
         assert!(matches!(block_on(outbox.next()), Next::Overflowed));
 

@@ -129,9 +129,7 @@ fn rss(d: &Daemon) -> u64 {
 /// The value of the metric line starting with `series` (name and labels as printed).
 async fn metric(d: &Daemon, series: &str) -> f64 {
     let (_, body) = d.admin_get("/metrics").await.expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 async fn daemon(main_listener: &str) -> Daemon {

@@ -255,10 +255,7 @@ mod tests {
         let mut g = FrameGuard::new(65_536);
         assert_eq!(g.inspect(&frame(false, 2, 60_000)), Ok(()));
         let next = header(false, 0, 60_000, true);
-        assert_eq!(
-            g.inspect(&next),
-            Err((0, Violation::MessageTooBig { size: 120_000, limit: 65_536 }))
-        );
+        assert_eq!(g.inspect(&next), Err((0, Violation::MessageTooBig { size: 120_000, limit: 65_536 })));
         // Refused for good.
         assert_eq!(g.inspect(&[0u8; 10]).map_err(|(n, v)| (n, v.close_code())), Err((0, 1009)));
     }

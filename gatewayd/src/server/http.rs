@@ -1,12 +1,12 @@
 //! Plain HTTP requests routed to a plugin's `on-http`.
 
 use super::{Route, json_error};
+use crate::config::ListenerConfig;
 use crate::plugins::{Event, HttpRequest, Session};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use crate::config::ListenerConfig;
 use hyper::body::Body as _;
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use std::time::Duration;
 

@@ -110,11 +110,7 @@ impl EdgeMetrics {
             "accept() failures by listener and kind (descriptors: EMFILE/ENFILE, other)",
             self.accept_errors.clone(),
         );
-        registry.register(
-            "edge_closed",
-            "Client connections the daemon ended itself, by reason",
-            self.closed.clone(),
-        );
+        registry.register("edge_closed", "Client connections the daemon ended itself, by reason", self.closed.clone());
         registry.register("edge_open_connections", "Open client connections by listener", self.open.clone());
     }
 
@@ -412,7 +408,11 @@ mod tests {
         let mut h = hyper::HeaderMap::new();
         h.insert("x-forwarded-for", "6.6.6.6, 198.51.100.9, 192.0.2.7".parse().unwrap());
         assert_eq!(a.client_ip(ip("10.1.2.3"), &h), ip("198.51.100.9"), "right-most untrusted hop");
-        assert_eq!(a.client_ip(ip("203.0.113.1"), &h), ip("203.0.113.1"), "untrusted peers cannot claim another address");
+        assert_eq!(
+            a.client_ip(ip("203.0.113.1"), &h),
+            ip("203.0.113.1"),
+            "untrusted peers cannot claim another address"
+        );
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(a.client_ip(ip("10.1.2.3"), &h), ip("10.1.2.3"), "unparsable header: the peer counts");
         let f = a.admit_forwarded(ip("198.51.100.9")).unwrap();

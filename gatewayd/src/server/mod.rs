@@ -261,7 +261,8 @@ impl Acceptor {
                             continue;
                         }
                     }
-                    self.backoff = (self.backoff * 2).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+                    self.backoff = (self.backoff * 2)
+                        .clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
                     tokio::time::sleep(self.backoff).await;
                 }
             }
@@ -348,7 +349,11 @@ async fn handle(
         true => match listener.admission.admit_forwarded(client_ip) {
             Ok(p) => Some(p),
             Err(_) => {
-                return json_error(StatusCode::TOO_MANY_REQUESTS, "over_capacity", "too many connections from this address");
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "over_capacity",
+                    "too many connections from this address",
+                );
             }
         },
     };

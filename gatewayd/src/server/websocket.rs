@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, Sleep};
 
 /// How long a peer has to answer our close frame before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
@@ -238,7 +238,8 @@ async fn run<S, R, W>(
     let session = Arc::new(SessionCell::default());
     let id = bus.register(ConnParts { plugin: plugin.name().into(), outbox: outbox.clone(), session: session.clone() });
     // For a call this is the media runtime, beside the clock that feeds the writer frames.
-    let writer = tokio::spawn(write_loop(wr, outbox.clone(), closing.clone(), limits.write_timeout, accepted.edge.clone()));
+    let writer =
+        tokio::spawn(write_loop(wr, outbox.clone(), closing.clone(), limits.write_timeout, accepted.edge.clone()));
     let events = Events { plugin: plugin.clone(), session, id, on: events_on };
     let media = accepted.media.map(|format| media_events(id, format, &events));
 
