@@ -294,9 +294,13 @@ async fn clients_that_never_read_are_dropped_when_their_queue_holds_send_queue_b
     let grown = rss(&d).saturating_sub(before);
     assert!(grown < 40 * MIB, "daemon grew {grown} bytes");
     assert!(metric(&d, "gatewayd_edge_closed_total{reason=\"slow_consumer\"}").await >= 5.0);
-    // Each of them, when it finally reads, finds its replies and then close 1008.
+    // Each of them, when it finally reads, finds its replies and then close 1008, unless the
+    // kernel reset the socket first (the daemon closed it with the client's frames unread).
     for mut ws in sockets {
-        assert_eq!(read_close(&mut ws).await.unwrap(), 1008);
+        match read_close(&mut ws).await {
+            Ok(code) => assert_eq!(code, 1008),
+            Err(e) => assert!(e.to_string().contains("eof") || e.to_string().contains("reset"), "{e}"),
+        }
     }
 }
 
