@@ -87,15 +87,20 @@ pub fn ivr_message(data: &[u8]) {
     }
 }
 
-/// SQL from plugins: the `$n` -> `?` rewriter of the store writer and the single-read check.
-/// Whatever it returns must be consistent: one parameter number per `?` it wrote, all >= 1.
+/// SQL from plugins: the `$n` -> `?` rewriter of the store writer, the statement-shape lexer
+/// (`store::sql`) and the single-read check. Whatever they return must be consistent: one
+/// parameter number per `?` written, all >= 1; a statement the rewriter takes as one is one
+/// for the lexer too.
 #[cfg(feature = "daemon")]
 pub fn sql_placeholders(data: &[u8]) {
     let Some(sql) = text(data) else { return };
     let _ = gatewayd::store::is_single_read(sql);
+    let shape = gatewayd::store::sql::shape(sql);
+    assert!(shape.head.bytes().all(|c| c.is_ascii_uppercase()), "head is a keyword: {:?}", shape.head);
     if let Some((out, order)) = gatewayd::store::writer::positional(sql) {
         assert!(order.iter().all(|&n| n >= 1), "parameter numbers start at 1: {order:?}");
         assert!(out.len() <= sql.len(), "the rewrite never grows the text");
+        assert!(shape.single, "one statement for the rewriter, several for the lexer: {sql:?}");
     }
 }
 
@@ -162,6 +167,7 @@ pub fn jwt(data: &[u8]) {
             issuer: Some("gatewayd".into()),
             audience: Some("clients".into()),
             leeway_secs: 0,
+            issued: [("visitors".to_string(), "chat".to_string())].into(),
             ..AuthConfig::default()
         };
         [JwtVerifier::new(&plain).expect("plain verifier"), JwtVerifier::new(&strict).expect("strict verifier")]
@@ -178,7 +184,9 @@ pub fn jwt(data: &[u8]) {
     let from_query = extract_token(&query, &headers).map(|(t, _)| t);
     for token in [Some(raw.to_string()), from_headers, from_query].into_iter().flatten() {
         for v in verifiers {
-            let _ = v.verify(&token);
+            for plugin in [None, Some("chat"), Some("signaling")] {
+                let _ = v.verify(&token, plugin);
+            }
         }
     }
 }

@@ -66,6 +66,9 @@ struct Key {
 pub struct JwtVerifier {
     keys: Vec<Key>,
     signer: Option<crate::auth_signing::Signer>,
+    /// Audiences of plugin-issued tokens and the plugin each belongs to
+    /// (`capabilities.issue`).
+    issued: std::collections::BTreeMap<String, String>,
 }
 
 /// The verifier in use, replaceable on config reload (key rotation).
@@ -76,16 +79,16 @@ impl Keys {
         Keys(parking_lot::RwLock::new(Arc::new(verifier)))
     }
 
-    /// Verify with the current keys (see [`JwtVerifier::verify`]).
-    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+    /// Verify with the current keys, for `plugin` (see [`JwtVerifier::verify`]).
+    pub fn verify(&self, token: &str, plugin: Option<&str>) -> Result<Map<String, Value>, AuthError> {
         let verifier = self.0.read().clone();
-        verifier.verify(token)
+        verifier.verify(token, plugin)
     }
 
     /// Sign plugin-issued claims with `[auth.signing]` (see [`JwtVerifier::issue`]).
-    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32) -> Result<String, String> {
+    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32, audience: &str) -> Result<String, String> {
         let verifier = self.0.read().clone();
-        verifier.issue(claims, ttl_secs)
+        verifier.issue(claims, ttl_secs, audience)
     }
 
     /// Switch to the keys of `config`. Keys the new config no longer lists stay accepted for
@@ -165,7 +168,9 @@ impl JwtVerifier {
             let mut required = vec!["exp"];
             match &config.audience {
                 Some(aud) => {
-                    validation.set_audience(&[aud]);
+                    // Plugin-issued audiences pass here and are checked in `verify`.
+                    let accepted: Vec<&String> = std::iter::once(aud).chain(config.issued.keys()).collect();
+                    validation.set_audience(&accepted);
                     required.push("aud");
                 }
                 None => validation.validate_aud = false,
@@ -178,22 +183,42 @@ impl JwtVerifier {
             keys.push(Key { id, algorithm, kid: k.kid.clone(), key, validation, retire_at: None });
         }
         let signer = config.signing.as_ref().map(|k| crate::auth_signing::Signer::new(k, config)).transpose()?;
-        Ok(JwtVerifier { keys, signer })
+        Ok(JwtVerifier { keys, signer, issued: config.issued.clone() })
     }
 
-    /// Sign `claims` with `[auth.signing]` for `ttl_secs` seconds (see `auth_signing`).
-    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32) -> Result<String, String> {
+    /// Sign `claims` with `[auth.signing]` for `ttl_secs` seconds, `aud` = `audience` (see
+    /// `auth_signing`).
+    pub fn issue(&self, claims: Map<String, Value>, ttl_secs: u32, audience: &str) -> Result<String, String> {
         match &self.signer {
-            Some(s) => s.issue(claims, ttl_secs),
+            Some(s) => s.issue(claims, ttl_secs, audience),
             None => Err("signing_disabled: no [auth.signing] key is configured".into()),
         }
     }
 
-    /// Verify `token` and return its claims.
+    /// Verify `token` for `plugin` (the plugin serving the route, or asking with
+    /// `auth.verify`) and return its claims. A token whose `aud` is a plugin-issued audience is
+    /// accepted only for that plugin ([`AuthError::Audience`] otherwise).
     ///
     /// Keys are tried in config order among those whose algorithm equals the token header's
     /// (and whose `kid` matches, when both have one). The most specific failure is returned.
-    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+    pub fn verify(&self, token: &str, plugin: Option<&str>) -> Result<Map<String, Value>, AuthError> {
+        let claims = self.verify_signature(token)?;
+        let audiences: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(a)) => vec![a.as_str()],
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for aud in audiences {
+            if let Some(owner) = self.issued.get(aud)
+                && Some(owner.as_str()) != plugin
+            {
+                return Err(AuthError::Audience);
+            }
+        }
+        Ok(claims)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         if self.keys.is_empty() {
             return Err(AuthError::NoKeys);
         }
@@ -297,6 +322,7 @@ mod tests {
             leeway_secs: 5,
             rotation_overlap_secs: 0,
             signing: None,
+            issued: Default::default(),
         })
         .unwrap()
     }
@@ -313,23 +339,23 @@ mod tests {
     fn accepts_good_and_refuses_bad_tokens() {
         let v = verifier(Some("gw"));
         let good = token(json!({"user_id": 7, "exp": now() + 60, "aud": "gw"}), SECRET);
-        assert_eq!(v.verify(&good).unwrap()["user_id"], json!(7));
+        assert_eq!(v.verify(&good, None).unwrap()["user_id"], json!(7));
         let expired = token(json!({"exp": now() - 600, "aud": "gw"}), SECRET);
-        assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+        assert_eq!(v.verify(&expired, None), Err(AuthError::Expired));
         let wrong_key = token(json!({"exp": now() + 60, "aud": "gw"}), "another-secret-of-32-bytes-xxxxx");
-        assert_eq!(v.verify(&wrong_key), Err(AuthError::Signature));
+        assert_eq!(v.verify(&wrong_key, None), Err(AuthError::Signature));
         let wrong_aud = token(json!({"exp": now() + 60, "aud": "other"}), SECRET);
-        assert_eq!(v.verify(&wrong_aud), Err(AuthError::Audience));
+        assert_eq!(v.verify(&wrong_aud, None), Err(AuthError::Audience));
         let no_exp = token(json!({"aud": "gw"}), SECRET);
-        assert_eq!(v.verify(&no_exp), Err(AuthError::MissingExp));
+        assert_eq!(v.verify(&no_exp, None), Err(AuthError::MissingExp));
         let no_aud = token(json!({"exp": now() + 60}), SECRET);
-        assert_eq!(v.verify(&no_aud), Err(AuthError::Audience));
+        assert_eq!(v.verify(&no_aud, None), Err(AuthError::Audience));
     }
 
     #[test]
     fn refuses_alg_none() {
         // {"alg":"none","typ":"JWT"} . {"exp": far future} . (empty signature)
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQxMDI0NDQ4MDB9.";
-        assert!(matches!(verifier(None).verify(none), Err(AuthError::Algorithm | AuthError::Malformed)));
+        assert!(matches!(verifier(None).verify(none, None), Err(AuthError::Algorithm | AuthError::Malformed)));
     }
 }

@@ -13,6 +13,9 @@ use std::str::FromStr;
 /// Longest lifetime a plugin may ask for: one day.
 pub const MAX_TTL_SECS: u32 = 86_400;
 
+/// Claims the daemon sets on every issued token; a plugin may not.
+pub const RESERVED_CLAIMS: [&str; 5] = ["exp", "iat", "nbf", "iss", "aud"];
+
 /// Check `[auth.signing]` without reading the environment: an HMAC key with one secret.
 pub fn check_signing_config(k: &JwtKeyConfig) -> Result<(), String> {
     let alg = Algorithm::from_str(&k.algorithm).map_err(|_| format!("algorithm `{}` is not supported", k.algorithm))?;
@@ -27,7 +30,6 @@ pub struct Signer {
     header: Header,
     key: EncodingKey,
     issuer: Option<String>,
-    audience: Option<String>,
 }
 
 impl Signer {
@@ -46,29 +48,24 @@ impl Signer {
         }
         let mut header = Header::new(Algorithm::from_str(&k.algorithm).expect("checked above"));
         header.kid = k.kid.clone();
-        Ok(Signer {
-            header,
-            key: EncodingKey::from_secret(secret.as_bytes()),
-            issuer: auth.issuer.clone(),
-            audience: auth.audience.clone(),
-        })
+        Ok(Signer { header, key: EncodingKey::from_secret(secret.as_bytes()), issuer: auth.issuer.clone() })
     }
 
-    /// Sign `claims` valid for `ttl_secs` (1..=[`MAX_TTL_SECS`]). `exp`, `iat`, `iss` and `aud`
-    /// are set by the daemon; a plugin cannot choose them.
-    pub fn issue(&self, mut claims: Map<String, Value>, ttl_secs: u32) -> Result<String, String> {
+    /// Sign `claims` for `audience`, valid for `ttl_secs` (1..=[`MAX_TTL_SECS`]). `exp`,
+    /// `iat`, `iss` and `aud` are set by the daemon ([`RESERVED_CLAIMS`] given by the caller are
+    /// replaced or dropped).
+    pub fn issue(&self, mut claims: Map<String, Value>, ttl_secs: u32, audience: &str) -> Result<String, String> {
         if ttl_secs == 0 || ttl_secs > MAX_TTL_SECS {
             return Err(format!("bad_ttl: ttl-secs must be 1..={MAX_TTL_SECS}"));
         }
+        claims.remove("nbf");
         let now = jsonwebtoken::get_current_timestamp();
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + u64::from(ttl_secs)).into());
         if let Some(iss) = &self.issuer {
             claims.insert("iss".into(), iss.clone().into());
         }
-        if let Some(aud) = &self.audience {
-            claims.insert("aud".into(), aud.clone().into());
-        }
+        claims.insert("aud".into(), audience.into());
         jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(|e| format!("signing_failed: {e}"))
     }
 }
@@ -94,15 +91,20 @@ mod tests {
             leeway_secs: 0,
             signing: Some(key),
             rotation_overlap_secs: 0,
+            issued: [("chat-visitor".to_string(), "chat".to_string())].into(),
         };
         let v = JwtVerifier::new(&config).unwrap();
         let mut claims = Map::new();
         claims.insert("exp".into(), 1.into());
         claims.insert("visitor_id".into(), "v1".into());
-        let token = v.issue(claims, 60).unwrap();
-        let back = v.verify(&token).unwrap();
+        let token = v.issue(claims, 60, "chat-visitor").unwrap();
+        let back = v.verify(&token, Some("chat")).unwrap();
         assert_eq!(back["visitor_id"], "v1");
+        assert_eq!(back["aud"], "chat-visitor");
         assert!(back["exp"].as_u64().unwrap() > jsonwebtoken::get_current_timestamp());
-        assert!(v.issue(Map::new(), 0).is_err());
+        // Only the issuing plugin accepts it: not another plugin, not a route of no plugin.
+        assert_eq!(v.verify(&token, Some("signaling")), Err(crate::auth::AuthError::Audience));
+        assert_eq!(v.verify(&token, None), Err(crate::auth::AuthError::Audience));
+        assert!(v.issue(Map::new(), 0, "chat-visitor").is_err());
     }
 }

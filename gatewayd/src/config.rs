@@ -72,11 +72,22 @@ pub struct StorageConfig {
     pub url: String,
     /// Upper bound of the connection pool.
     pub max_connections: u32,
+    /// Longest a statement may run, in ms (plugins' and the daemon's; migrations have no
+    /// limit); 0 = no limit. An expired statement is cancelled at the database and its caller
+    /// gets a `statement_timeout` error.
+    pub statement_timeout_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { url: "sqlite://gatewayd.db".into(), max_connections: 8 }
+        StorageConfig { url: "sqlite://gatewayd.db".into(), max_connections: 8, statement_timeout_ms: 5_000 }
+    }
+}
+
+impl StorageConfig {
+    /// `statement_timeout_ms` as a limit (`None`: no limit).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        (self.statement_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.statement_timeout_ms))
     }
 }
 
@@ -120,6 +131,10 @@ pub struct AuthConfig {
     /// HS256/HS384/HS512 with `secret` or `secret_env`. Issued tokens must verify, so the same
     /// secret must also be one of `keys`. Absent: plugins cannot issue tokens.
     pub signing: Option<JwtKeyConfig>,
+    /// Not a config key: each plugin's `capabilities.issue.audience` and the plugin, filled in
+    /// by [`Config::parse`]. Tokens of such an audience are accepted for that plugin only.
+    #[serde(skip)]
+    pub issued: BTreeMap<String, String>,
 }
 
 impl Default for AuthConfig {
@@ -131,6 +146,7 @@ impl Default for AuthConfig {
             leeway_secs: 30,
             rotation_overlap_secs: 3600,
             signing: None,
+            issued: BTreeMap::new(),
         }
     }
 }
@@ -378,6 +394,31 @@ pub struct Capabilities {
     pub store: StoreAccess,
     /// The `files` interface: a media directory the daemon stores the plugin's files in.
     pub files: Option<FilesCapability>,
+    /// `auth.issue`: the plugin may sign tokens, of its own audience only.
+    pub issue: Option<IssueCapability>,
+}
+
+/// `[plugins.<name>.capabilities.issue]`: what tokens a plugin may sign with `auth.issue`.
+///
+/// Every token the plugin issues carries `aud = audience`, which differs from `[auth] audience`
+/// and from every other plugin's: such a token is accepted only on this plugin's own routes
+/// and by its own `auth.verify`, so a plugin cannot mint a token another protocol (or the
+/// daemon) takes for an agent's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCapability {
+    /// The `aud` claim of the plugin's tokens.
+    pub audience: String,
+    /// Claim names the plugin may set; anything else is refused with `bad_claims`. `exp`,
+    /// `iat`, `iss` and `aud` are always the daemon's.
+    pub claims: Vec<String>,
+    /// Longest lifetime the plugin may ask for, in seconds (1..=86400).
+    #[serde(default = "default_max_ttl_secs")]
+    pub max_ttl_secs: u32,
+}
+
+fn default_max_ttl_secs() -> u32 {
+    crate::auth_signing::MAX_TTL_SECS
 }
 
 /// `[plugins.<name>.capabilities.files]`: where and what the daemon stores for a plugin.
@@ -439,6 +480,11 @@ impl Config {
         })?;
         config.resolve_paths(base);
         config.validate()?;
+        config.auth.issued = config
+            .plugins
+            .iter()
+            .filter_map(|(name, p)| Some((p.capabilities.issue.as_ref()?.audience.clone(), name.clone())))
+            .collect();
         Ok(config)
     }
 
@@ -550,9 +596,30 @@ impl Config {
             crate::auth::check_signing_config(k)
                 .map_err(|message| ConfigError { path: "auth.signing".into(), message })?;
         }
+        let mut audiences = std::collections::HashMap::new();
         for (name, p) in &self.plugins {
             if p.capabilities.files.as_ref().is_some_and(|f| f.max_bytes == 0) {
                 return err(format!("plugins.{name}.capabilities.files.max_bytes"), "must be at least 1".into());
+            }
+            if let Some(issue) = &p.capabilities.issue {
+                let path = format!("plugins.{name}.capabilities.issue");
+                if issue.audience.is_empty() || Some(&issue.audience) == self.auth.audience.as_ref() {
+                    return err(format!("{path}.audience"), "must be set and differ from auth.audience".into());
+                }
+                if let Some(other) = audiences.insert(issue.audience.as_str(), name) {
+                    return err(format!("{path}.audience"), format!("plugin `{other}` issues tokens of this audience"));
+                }
+                if !(1..=crate::auth_signing::MAX_TTL_SECS).contains(&issue.max_ttl_secs) {
+                    return err(format!("{path}.max_ttl_secs"), "must be 1..=86400".into());
+                }
+                if let Some(c) =
+                    issue.claims.iter().find(|c| crate::auth_signing::RESERVED_CLAIMS.contains(&c.as_str()))
+                {
+                    return err(format!("{path}.claims"), format!("`{c}` is set by the daemon"));
+                }
+                if self.auth.signing.is_none() {
+                    return err(path, "needs an [auth.signing] key".into());
+                }
             }
         }
         if self.auth.leeway_secs > 300 {

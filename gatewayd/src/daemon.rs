@@ -32,7 +32,10 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("daemon.state_dir: creating {}", config.daemon.state_dir.display()))?;
-    let store = Store::connect(&config.storage.url, &config.daemon.state_dir, config.storage.max_connections).await?;
+    let storage = &config.storage;
+    let store =
+        Store::connect(&storage.url, &config.daemon.state_dir, storage.max_connections, storage.statement_timeout())
+            .await?;
     store.migrate().await?;
     Ok(store)
 }

@@ -291,7 +291,9 @@ impl ConnectInfo {
 /// Sign tokens with the daemon's `[auth.signing]` key (`gatewayd:plugin/auth.issue`).
 pub mod tokens {
     /// A token carrying `claims` (a JSON object), valid for `ttl_secs`; the host sets `exp`,
-    /// `iat` (and `iss`/`aud` when configured). Err: `"<code>: <why>"`.
+    /// `iat`, `aud` (the plugin's `capabilities.issue.audience`) and `iss` when configured.
+    /// Needs `capabilities.issue`, whose `claims` lists every claim name allowed. Err:
+    /// `"<code>: <why>"` with code `forbidden`, `bad_claims`, `bad_ttl` or `signing_disabled`.
     pub fn issue(claims: &serde_json::Value, ttl_secs: u32) -> Result<String, String> {
         super::gatewayd::plugin::auth::issue(&claims.to_string(), ttl_secs)
     }

@@ -167,6 +167,8 @@ pub struct DaemonOptions {
     pub daemon_extra: String,
     /// The open-file limit (`ulimit -n`) the daemon starts with.
     pub nofile_limit: Option<u64>,
+    /// Extra keys of `[storage]` (e.g. `statement_timeout_ms`).
+    pub storage_extra: String,
     /// `[storage] url` to use instead of the one `db` picks (e.g. a PostgreSQL server the test
     /// started itself).
     pub database_url: Option<String>,
@@ -187,6 +189,7 @@ impl Default for DaemonOptions {
             main_listener: String::new(),
             daemon_extra: String::new(),
             nofile_limit: None,
+            storage_extra: String::new(),
             database_url: None,
         }
     }
@@ -257,6 +260,7 @@ log_level = "info,gatewayd=debug"
 
 [storage]
 url = "{url}"
+{storage_extra}
 
 [auth]
 leeway_secs = 0
@@ -317,6 +321,7 @@ fail_init = false
             rooms = rooms_toml(rooms_addr, &opts.rooms_config),
             main_listener = opts.main_listener,
             daemon_extra = opts.daemon_extra,
+            storage_extra = opts.storage_extra,
         );
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config)?;

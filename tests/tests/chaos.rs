@@ -57,6 +57,9 @@ event_timeout_ms = 2000
 memory_mb = 64
 [plugins.chat.capabilities]
 store = "read-write"
+[plugins.chat.capabilities.issue]
+audience = "gatewayd-chat-visitor"
+claims = ["sub", "chat_visitor_id", "chat_session_id", "business_id"]
 [plugins.chat.capabilities.files]
 dir = "{media}"
 max_bytes = 262144

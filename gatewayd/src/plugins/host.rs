@@ -10,7 +10,7 @@ use super::bindings::gatewayd::plugin::{auth, config, connections, kv, log, sess
 use super::{Event, Plugin, Services, Session};
 use crate::bus::{ConnId, Outbound};
 use crate::config::{Capabilities, StoreAccess};
-use crate::store::Value;
+use crate::store::{Access, Value};
 use bytes::Bytes;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -29,6 +29,7 @@ pub struct HostState {
     services: Arc<Services>,
     store_access: StoreAccess,
     files: Option<crate::config::FilesCapability>,
+    issue: Option<crate::config::IssueCapability>,
     config_json: Arc<str>,
     /// The session of the event being run.
     scope: Session,
@@ -72,6 +73,7 @@ impl HostState {
             services: plugin.services.clone(),
             store_access: capabilities.store,
             files: capabilities.files.clone(),
+            issue: capabilities.issue.clone(),
             config_json,
             scope: Session::default(),
             budget: super::budget::Budget::default(),
@@ -230,41 +232,71 @@ impl timers::Host for HostState {
 
 impl store::Host for HostState {
     async fn query(&mut self, sql: String, params: Vec<SqlValue>) -> Result<Vec<Vec<SqlValue>>, String> {
-        let db = self.database(&sql)?;
-        let rows = db.query(&sql, params.into_iter().map(from_wit).collect()).await.map_err(|e| e.to_string())?;
+        let (db, access) = self.database(&sql)?;
+        let rows =
+            db.query(&sql, params.into_iter().map(from_wit).collect(), access).await.map_err(|e| e.to_string())?;
         Ok(rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect())
     }
 
     async fn execute(&mut self, sql: String, params: Vec<SqlValue>) -> Result<u64, String> {
-        let db = self.database(&sql)?;
-        db.execute(&sql, params.into_iter().map(from_wit).collect()).await.map_err(|e| e.to_string())
+        let (db, access) = self.database(&sql)?;
+        db.execute(&sql, params.into_iter().map(from_wit).collect(), access).await.map_err(|e| e.to_string())
     }
 }
 
 impl HostState {
-    /// The database, if this plugin's `store` capability allows `sql`.
-    fn database(&self, sql: &str) -> Result<crate::store::Store, String> {
-        let allowed = match self.store_access {
-            StoreAccess::None => return Err(format!("plugin `{}` has no store capability", self.name)),
-            StoreAccess::ReadWrite => true,
-            StoreAccess::Read => crate::store::is_single_read(sql),
+    /// The database and what this plugin's `store` capability allows, if `sql` may be run for
+    /// it at all: one statement, not one that would change the daemon's connections.
+    fn database(&self, sql: &str) -> Result<(crate::store::Store, Access), String> {
+        let access = match self.store_access {
+            StoreAccess::None => return Err(format!("forbidden: plugin `{}` has no store capability", self.name)),
+            StoreAccess::Read => Access::Read,
+            StoreAccess::ReadWrite => Access::ReadWrite,
         };
-        if !allowed {
-            return Err(format!("plugin `{}` may only read: one SELECT or WITH statement", self.name));
+        let shape = crate::store::sql::shape(sql);
+        if !shape.single {
+            return Err("one_statement: send one statement per call (no `;` but at the end, nothing left open)".into());
         }
-        if is_transaction_control(sql) {
-            return Err("transaction statements are not available to plugins: each statement commits on its own".into());
+        if CONNECTION_STATEMENTS.contains(&shape.head.as_str()) {
+            return Err(format!(
+                "forbidden: `{}` statements are not available to plugins: they would change the daemon's shared \
+                 connections (each statement commits on its own)",
+                shape.head
+            ));
         }
-        self.services.store.clone().ok_or_else(|| "no database is configured".to_string())
+        let db = self.services.store.clone().ok_or_else(|| "no database is configured".to_string())?;
+        Ok((db, access))
     }
 }
 
-/// `BEGIN`, `COMMIT`, ...: a plugin's statements share connections (and, on SQLite, write
-/// transactions) with other sessions, so it may not open or end a transaction.
-fn is_transaction_control(sql: &str) -> bool {
-    let head = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"].iter().any(|k| head.eq_ignore_ascii_case(k))
-}
+/// Statements a plugin may not run, by first keyword. Transaction control: a plugin's
+/// statements share connections (and, on SQLite, write transactions) with other sessions.
+/// Session state and files: settings, extensions, attached databases, `COPY` and `VACUUM INTO`
+/// files, procedural blocks that may commit.
+const CONNECTION_STATEMENTS: &[&str] = &[
+    "BEGIN",
+    "COMMIT",
+    "END",
+    "ROLLBACK",
+    "ABORT",
+    "START",
+    "SAVEPOINT",
+    "RELEASE",
+    "PREPARE",
+    "PRAGMA",
+    "ATTACH",
+    "DETACH",
+    "VACUUM",
+    "SET",
+    "RESET",
+    "DISCARD",
+    "LOAD",
+    "COPY",
+    "DO",
+    "CALL",
+    "LISTEN",
+    "UNLISTEN",
+];
 
 fn from_wit(v: SqlValue) -> Value {
     match v {
@@ -296,17 +328,28 @@ impl config::Host for HostState {
 
 impl auth::Host for HostState {
     fn verify(&mut self, token: String) -> Result<String, String> {
-        match self.services.jwt.verify(&token) {
+        match self.services.jwt.verify(&token, Some(&self.name)) {
             Ok(claims) => Ok(serde_json::Value::Object(claims).to_string()),
             Err(e) => Err(format!("{}: {e}", e.code())),
         }
     }
 
+    /// Needs `capabilities.issue`: only its claim names, at most its lifetime, always its
+    /// audience.
     fn issue(&mut self, claims: String, ttl_secs: u32) -> Result<String, String> {
-        match serde_json::from_str(&claims) {
-            Ok(serde_json::Value::Object(claims)) => self.services.jwt.issue(claims, ttl_secs),
-            _ => Err("bad_claims: claims must be a JSON object".into()),
+        let Some(cap) = &self.issue else {
+            return Err(format!("forbidden: plugin `{}` has no `issue` capability", self.name));
+        };
+        let Ok(serde_json::Value::Object(claims)) = serde_json::from_str(&claims) else {
+            return Err("bad_claims: claims must be a JSON object".into());
+        };
+        if let Some(name) = claims.keys().find(|k| !cap.claims.contains(k)) {
+            return Err(format!("bad_claims: `{name}` is not among capabilities.issue.claims"));
         }
+        if ttl_secs > cap.max_ttl_secs {
+            return Err(format!("bad_ttl: at most {} s (capabilities.issue.max_ttl_secs)", cap.max_ttl_secs));
+        }
+        self.services.jwt.issue(claims, ttl_secs, &cap.audience)
     }
 }
 
@@ -334,11 +377,14 @@ mod tests {
     }
 
     #[test]
-    fn transaction_control_is_refused() {
-        assert!(super::is_transaction_control(" begin immediate"));
-        assert!(super::is_transaction_control("COMMIT;"));
-        assert!(super::is_transaction_control("savepoint a"));
-        assert!(!super::is_transaction_control("INSERT INTO ended (x) VALUES (1)"));
-        assert!(!super::is_transaction_control("SELECT 1"));
+    fn connection_statements_are_listed_by_head() {
+        for sql in [" begin immediate", "COMMIT;", "savepoint a", "/**/COMMIT", "-- x\nPRAGMA query_only = OFF"] {
+            let head = crate::store::sql::shape(sql).head;
+            assert!(super::CONNECTION_STATEMENTS.contains(&head.as_str()), "{sql}");
+        }
+        for sql in ["INSERT INTO ended (x) VALUES (1)", "SELECT 1", "WITH d AS (DELETE FROM t) SELECT 1"] {
+            let head = crate::store::sql::shape(sql).head;
+            assert!(!super::CONNECTION_STATEMENTS.contains(&head.as_str()), "{sql}");
+        }
     }
 }

@@ -57,6 +57,21 @@ pub enum Event {
     Media(ConnId, crate::media::MediaEvent),
 }
 
+impl Event {
+    /// The event's kind (`open`, `text`, ...) and its connection, if it has one (for logs).
+    fn describe(&self) -> (&'static str, Option<ConnId>) {
+        match self {
+            Event::Open(info) => ("open", Some(info.id)),
+            Event::Text(id, _) => ("text", Some(*id)),
+            Event::Binary(id, _) => ("binary", Some(*id)),
+            Event::Close(id, _) => ("close", Some(*id)),
+            Event::Timer { .. } => ("timer", None),
+            Event::Http(_) => ("http", None),
+            Event::Media(id, _) => ("media", Some(*id)),
+        }
+    }
+}
+
 /// Why an event did not complete. The daemon and other sessions are unaffected.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Fault {
@@ -396,6 +411,7 @@ impl Plugin {
         arm(&mut warm.store, version.event_limit);
         let handler = warm.bindings.gatewayd_plugin_handler();
         let store = &mut warm.store;
+        let (kind, conn) = event.describe();
         let result = match event {
             Event::Open(info) => handler.call_on_open(store, &info).await.map(|_| None),
             Event::Text(id, text) => handler.call_on_text(store, id, &text).await.map(|_| None),
@@ -413,7 +429,7 @@ impl Plugin {
             }
             Err(e) => {
                 let fault = classify(&warm, e, &version.limits);
-                tracing::warn!(plugin = %self.name, error = %fault, "event failed; instance discarded");
+                tracing::warn!(plugin = %self.name, event = kind, connection = ?conn, error = %fault, "event failed; instance discarded");
                 (Err(fault), session)
             }
         }

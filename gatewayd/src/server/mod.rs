@@ -369,7 +369,7 @@ async fn handle(
     let claims = match route.auth {
         AuthMode::None => None,
         mode => match extract_token(&query, req.headers()) {
-            Some((token, source)) => match listener.jwt.verify(&token) {
+            Some((token, source)) => match listener.jwt.verify(&token, Some(route.plugin.name())) {
                 Ok(claims) => {
                     token_source = Some(source);
                     Some(serde_json::Value::Object(claims).to_string())

@@ -4,15 +4,27 @@
 //!
 //! SQL uses `$1`, `$2`, ... placeholders, which both backends accept.
 //!
-//! On SQLite, reads use the pool and writes go through one connection with group commit
-//! ([`writer`]); on PostgreSQL every statement uses the pool.
+//! Reads (one `SELECT`/`WITH` statement) use the pool; writes go through group commit
+//! ([`writer`]): one write connection on SQLite, a few on PostgreSQL.
+//!
+//! The pool's connections are read-only at the database, so a statement that only looks like a
+//! read cannot write (`WITH d AS (DELETE ...) SELECT ...`): SQLite runs them with
+//! `PRAGMA query_only`, PostgreSQL with `default_transaction_read_only` (and every session
+//! setting a statement changed, e.g. with `set_config`, is reset when the connection returns to
+//! the pool). Every statement, read or write, has a time limit
+//! (`[storage] statement_timeout_ms`): PostgreSQL's `statement_timeout`, and on SQLite an
+//! interrupt from a progress handler ([`deadline`]). An expired statement is cancelled at the
+//! database and fails with [`StoreError::Timeout`].
 
+pub mod deadline;
+pub mod sql;
 pub mod tenants;
 pub mod writer;
 
 use anyhow::Context;
+use futures_util::TryStreamExt;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, AnyPool, Connection, Row, TypeInfo, ValueRef};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row, TypeInfo, ValueRef};
 use std::path::Path;
 
 /// Which database the pool talks to.
@@ -20,6 +32,39 @@ use std::path::Path;
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// What a caller may do with [`Store::query`] and [`Store::execute`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only: anything but one `SELECT`/`WITH` is refused, and the statement runs on a
+    /// connection the database keeps read-only.
+    Read,
+    ReadWrite,
+}
+
+/// Why a statement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The statement ran longer than `[storage] statement_timeout_ms` and was cancelled at the
+    /// database; nothing it did was kept.
+    #[error("statement_timeout: the statement ran longer than {} ms and was cancelled", .0.map_or(0, |d| d.as_millis()))]
+    Timeout(Option<std::time::Duration>),
+    /// A write with read access (refused before it ran, or by the database).
+    #[error("read_only: this statement writes, and only reads are allowed")]
+    ReadOnly,
+    #[error("{0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// The database's own error, when it is one (constraint violations and the like).
+    pub fn as_database_error(&self) -> Option<&dyn sqlx::error::DatabaseError> {
+        match self {
+            StoreError::Database(e) => e.as_database_error(),
+            _ => None,
+        }
+    }
 }
 
 /// A column or parameter value.
@@ -36,8 +81,12 @@ pub enum Value {
 /// The daemon's database.
 #[derive(Clone)]
 pub struct Store {
+    /// Read-only connections (see the module docs).
     pool: AnyPool,
     backend: Backend,
+    /// The URL migrations connect to (PostgreSQL: without the pool's settings).
+    url: String,
+    statement_timeout: Option<std::time::Duration>,
     /// Writes (anything but one `SELECT`/`WITH`) go through group commit: one write connection
     /// on SQLite, [`postgres_writers`] on PostgreSQL.
     writer: writer::Writer,
@@ -71,14 +120,18 @@ fn may_cache(backend: Backend, params: &[Value]) -> bool {
     !(backend == Backend::Postgres && params.contains(&Value::Null))
 }
 
+/// PostgreSQL: back to the session's start-up settings (`statement_timeout`, read-only) and
+/// no advisory locks held. Simple query protocol (two statements).
+const RESET_SESSION: &str = "RESET ALL; SELECT pg_advisory_unlock_all()";
+
 /// How often the WAL is copied into the database (SQLite).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// A single `SELECT`/`WITH` statement (a `;` is only allowed at the very end).
+/// A single `SELECT`/`WITH` statement (a `;` is only allowed at the very end). Routing only:
+/// such a statement runs on the read-only pool, which refuses it if it writes.
 pub fn is_single_read(sql: &str) -> bool {
-    let s = sql.trim().trim_end_matches(';');
-    let head = s.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-    (head == "SELECT" || head == "WITH") && !s.contains(';')
+    let shape = sql::shape(sql);
+    shape.single && (shape.head == "SELECT" || shape.head == "WITH")
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -88,9 +141,16 @@ impl Store {
     /// Connect to `url` (`sqlite://<path>`, relative to `state_dir`, or `postgres://...`).
     /// SQLite files are created when missing and opened in WAL mode with foreign keys on;
     /// SQLite gets `max_connections` read connections plus one write connection; PostgreSQL a
-    /// pool of `max_connections` plus [`postgres_writers`] write connections.
-    pub async fn connect(url: &str, state_dir: &Path, max_connections: u32) -> anyhow::Result<Store> {
+    /// pool of `max_connections` plus [`postgres_writers`] write connections. Statements run
+    /// longer than `statement_timeout` are cancelled (`None`: no limit).
+    pub async fn connect(
+        url: &str,
+        state_dir: &Path,
+        max_connections: u32,
+        statement_timeout: Option<std::time::Duration>,
+    ) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
+        deadline::install();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let (path, _) = path.split_once('?').unwrap_or((path, ""));
             let path = if Path::new(path).is_absolute() { Path::new(path).to_path_buf() } else { state_dir.join(path) };
@@ -101,6 +161,25 @@ impl Store {
         } else {
             (Backend::Postgres, url.to_string())
         };
+        // PostgreSQL settings go in the start-up packet: they are the session defaults that
+        // `RESET ALL` returns to.
+        let timeout_ms = statement_timeout.map_or(0, |d| d.as_millis().max(1));
+        let with_options = |options: &[(&str, String)]| {
+            let mut u = url.clone();
+            for (i, (k, v)) in options.iter().enumerate() {
+                let sep = if i == 0 && !url.contains('?') { '?' } else { '&' };
+                u.push_str(&format!("{sep}options[{k}]={v}"));
+            }
+            u
+        };
+        let (read_url, write_url) = match backend {
+            Backend::Sqlite => (url.clone(), url.clone()),
+            Backend::Postgres => {
+                let timeout = ("statement_timeout", timeout_ms.to_string());
+                let read_only = ("default_transaction_read_only", "on".to_string());
+                (with_options(&[timeout.clone(), read_only]), with_options(&[timeout]))
+            }
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             // A SQLite connection is a file handle: a ping before each use is a wasted round
@@ -110,11 +189,22 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         sqlite_pragmas(conn).await?;
+                        sqlx::query("PRAGMA query_only = ON").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
             })
-            .connect(&url)
+            .after_release(move |conn, _meta| {
+                Box::pin(async move {
+                    // Undo what a statement may have changed in the session: settings
+                    // (`set_config(...)`), the role, advisory locks. Simple query protocol.
+                    if backend == Backend::Postgres {
+                        conn.execute(RESET_SESSION).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect(&read_url)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
         let writer = match backend {
@@ -130,47 +220,101 @@ impl Store {
             Backend::Postgres => {
                 let mut conns = Vec::new();
                 for _ in 0..postgres_writers(max_connections) {
-                    conns.push(AnyConnection::connect(&url).await.context("opening a PostgreSQL write connection")?);
+                    conns.push(
+                        AnyConnection::connect(&write_url).await.context("opening a PostgreSQL write connection")?,
+                    );
                 }
-                writer::Writer::spawn(conns, backend, Some(url.clone()))
+                writer::Writer::spawn(conns, backend, Some(write_url))
             }
         };
-        Ok(Store { pool, backend, writer })
+        deadline::set_limit(statement_timeout);
+        Ok(Store { pool, backend, url, statement_timeout, writer })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Apply pending migrations of this backend.
+    /// Apply pending migrations of this backend, on a connection of their own with no
+    /// statement time limit (a migration may rewrite a large table). Run it at start-up, before
+    /// anything else uses the store: on SQLite the limit is lifted process-wide meanwhile.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let migrator = match self.backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await.context("applying migrations")
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+        deadline::set_limit(None);
+        let result = async {
+            let mut conn = AnyConnection::connect(&self.url).await.context("opening the migration connection")?;
+            if self.backend == Backend::Sqlite {
+                sqlite_pragmas(&mut conn).await?;
+            }
+            migrator.run(&mut conn).await.context("applying migrations")?;
+            conn.close().await?;
+            anyhow::Ok(())
+        }
+        .await;
+        deadline::set_limit(self.statement_timeout);
+        result
     }
 
     /// Run a query; each row is its column values in select order. A write (anything but one
-    /// `SELECT`/`WITH`) has committed when this returns.
-    pub async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Vec<Value>>, sqlx::Error> {
-        if !is_single_read(sql) {
-            return Ok(self.writer.write(sql, params).await?.rows);
-        }
-        let rows = self.prepare(sql, &params).fetch_all(&self.pool).await?;
-        rows.iter().map(row_values).collect()
+    /// `SELECT`/`WITH`) has committed when this returns. A statement that looks like a read but
+    /// writes is refused by the read-only pool and, with `access` [`Access::ReadWrite`], run
+    /// again by the writer.
+    pub async fn query(&self, sql: &str, params: Vec<Value>, access: Access) -> Result<Vec<Vec<Value>>, StoreError> {
+        Ok(self.run(sql, params, access).await?.rows)
     }
 
-    /// Run a statement; returns the number of rows affected, after it committed.
-    pub async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, sqlx::Error> {
-        if !is_single_read(sql) {
-            return Ok(self.writer.write(sql, params).await?.affected);
+    /// Run a statement; returns the number of rows affected, after it committed (see
+    /// [`Store::query`]).
+    pub async fn execute(&self, sql: &str, params: Vec<Value>, access: Access) -> Result<u64, StoreError> {
+        Ok(self.run(sql, params, access).await?.affected)
+    }
+
+    async fn run(&self, sql: &str, params: Vec<Value>, access: Access) -> Result<writer::Outcome, StoreError> {
+        if is_single_read(sql) {
+            match self.read(sql, &params).await {
+                Err(e) if access == Access::ReadWrite && self.is_read_only_violation(&e) => {}
+                other => return other.map_err(|e| self.error(e)),
+            }
+        } else if access == Access::Read {
+            return Err(StoreError::ReadOnly);
         }
-        Ok(self.prepare(sql, &params).execute(&self.pool).await?.rows_affected())
+        self.writer.write(sql, params).await.map_err(|e| self.error(e))
+    }
+
+    async fn read(&self, sql: &str, params: &[Value]) -> Result<writer::Outcome, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut outcome = writer::Outcome::default();
+        let mut results = conn.fetch_many(self.prepare(sql, params));
+        while let Some(item) = results.try_next().await? {
+            match item {
+                sqlx::Either::Right(row) => outcome.rows.push(row_values(&row)?),
+                sqlx::Either::Left(done) => outcome.affected += done.rows_affected(),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The database refused a write on a read-only connection (SQLite `SQLITE_READONLY`,
+    /// PostgreSQL `25006 read_only_sql_transaction`).
+    fn is_read_only_violation(&self, e: &sqlx::Error) -> bool {
+        let code = e.as_database_error().and_then(|d| d.code()).unwrap_or_default();
+        match self.backend {
+            Backend::Sqlite => code.parse::<i32>().is_ok_and(|c| c & 0xff == 8),
+            Backend::Postgres => code == "25006",
+        }
+    }
+
+    fn error(&self, e: sqlx::Error) -> StoreError {
+        let code = e.as_database_error().and_then(|d| d.code()).unwrap_or_default();
+        match self.backend {
+            Backend::Sqlite if deadline::is_interrupt(&e) => StoreError::Timeout(self.statement_timeout),
+            Backend::Postgres if code == "57014" => StoreError::Timeout(self.statement_timeout),
+            _ if self.is_read_only_violation(&e) => StoreError::ReadOnly,
+            _ => StoreError::Database(e),
+        }
     }
 
     /// Bind `params` to `sql` (cached as a prepared statement when [`may_cache`] allows).
@@ -178,15 +322,13 @@ impl Store {
         bind(sqlx::query(sql).persistent(may_cache(self.backend, params)), params)
     }
 
-    /// Run statements in one transaction; the first failure rolls all of them back and is
-    /// returned with the index of the failing statement.
-    pub async fn execute_in_transaction(&self, statements: Vec<(String, Vec<Value>)>) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for (i, (sql, params)) in statements.iter().enumerate() {
-            bind(sqlx::query(sql), params).execute(&mut *tx).await.with_context(|| format!("statement {i}"))?;
-        }
-        tx.commit().await?;
-        Ok(())
+    /// Run statements in one transaction on the writer; the first failure rolls all of them
+    /// back and is returned with the index of the failing statement.
+    pub async fn execute_in_transaction(
+        &self,
+        statements: Vec<(String, Vec<Value>)>,
+    ) -> Result<(), (usize, StoreError)> {
+        self.writer.transaction(statements).await.map(|_| ()).map_err(|(i, e)| (i, self.error(e)))
     }
 
     pub async fn close(&self) {

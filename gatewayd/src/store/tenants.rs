@@ -2,7 +2,7 @@
 //! the signaling plugin reads to resolve an agent's membership; `gatewayd tenant ...` drives
 //! these functions.
 
-use super::{Store, Value};
+use super::{Access, Store, Value};
 use anyhow::{Context, bail};
 use serde_json::{Value as Json, json};
 
@@ -12,11 +12,11 @@ fn text(s: &str) -> Value {
 
 async fn exists(store: &Store, table: &str, id: &str) -> anyhow::Result<bool> {
     let sql = format!("SELECT 1 FROM {table} WHERE id = $1");
-    Ok(!store.query(&sql, vec![text(id)]).await?.is_empty())
+    Ok(!store.query(&sql, vec![text(id)], Access::ReadWrite).await?.is_empty())
 }
 
 async fn insert(store: &Store, what: &str, id: &str, sql: &str, params: Vec<Value>) -> anyhow::Result<()> {
-    store.execute(sql, params).await.map(|_| ()).map_err(|e| match e.as_database_error() {
+    store.execute(sql, params, Access::ReadWrite).await.map(|_| ()).map_err(|e| match e.as_database_error() {
         Some(db) if db.is_unique_violation() => anyhow::anyhow!("{what} {id} already exists"),
         _ => anyhow::Error::new(e).context(format!("adding {what} {id}")),
     })
@@ -65,7 +65,8 @@ pub async fn add_membership(
         bail!("business {business} does not exist");
     }
     if let Some(d) = department {
-        let rows = store.query("SELECT business_id FROM departments WHERE id = $1", vec![text(d)]).await?;
+        let rows =
+            store.query("SELECT business_id FROM departments WHERE id = $1", vec![text(d)], Access::ReadWrite).await?;
         match rows.first().and_then(|r| r.first()) {
             None => bail!("department {d} does not exist"),
             Some(Value::Text(b)) if b != business => bail!("department {d} belongs to business {b}, not {business}"),
@@ -94,7 +95,8 @@ pub async fn remove(store: &Store, table: &str, id: &str) -> anyhow::Result<()> 
         "agent" => "agents",
         other => bail!("unknown kind {other}"),
     };
-    let n = store.execute(&format!("DELETE FROM {table_name} WHERE id = $1"), vec![text(id)]).await?;
+    let n =
+        store.execute(&format!("DELETE FROM {table_name} WHERE id = $1"), vec![text(id)], Access::ReadWrite).await?;
     if n == 0 {
         bail!("{table} {id} does not exist");
     }
@@ -111,6 +113,7 @@ pub async fn remove_membership(
         .execute(
             "DELETE FROM agent_memberships WHERE agent_id = $1 AND business_id = $2 AND COALESCE(department_id, '') = $3",
             vec![text(agent), text(business), text(department.unwrap_or(""))],
+            Access::ReadWrite,
         )
         .await?;
     if n == 0 {
@@ -142,7 +145,7 @@ pub async fn list(store: &Store) -> anyhow::Result<Json> {
             &["agent_id", "business_id", "department_id"][..],
         ),
     ] {
-        let rows = store.query(sql, vec![]).await.with_context(|| format!("listing {key}"))?;
+        let rows = store.query(sql, vec![], Access::ReadWrite).await.with_context(|| format!("listing {key}"))?;
         let items: Vec<Json> = rows
             .iter()
             .map(|r| Json::Object(cols.iter().zip(r).map(|(c, v)| (c.to_string(), as_json(v))).collect()))
@@ -186,6 +189,9 @@ pub async fn import(store: &Store, doc: &Json) -> anyhow::Result<usize> {
         }
     }
     let n = statements.len();
-    store.execute_in_transaction(statements).await.context("import rolled back")?;
+    store
+        .execute_in_transaction(statements)
+        .await
+        .map_err(|(i, e)| anyhow::Error::new(e).context(format!("import rolled back at statement {i}")))?;
     Ok(n)
 }

@@ -63,6 +63,19 @@ struct Statement {
 /// builds SQL text per call must not grow it without bound).
 const STATEMENTS: usize = 1024;
 
+/// What is queued: a write, which may join a batch, or a transaction of several statements,
+/// which runs alone.
+enum Job {
+    Write(Request),
+    Transaction(Transaction),
+}
+
+/// Statements that commit together or not at all.
+struct Transaction {
+    statements: Vec<(String, Vec<Value>)>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, (usize, sqlx::Error)>>,
+}
+
 struct Request {
     statement: Arc<Statement>,
     params: Vec<Value>,
@@ -87,7 +100,7 @@ impl Request {
 /// The handle callers queue writes on; cheap to clone. The task ends when every handle is gone.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Request>,
+    queue: mpsc::Sender<Job>,
     statements: Arc<Mutex<HashMap<String, Arc<Statement>>>>,
 }
 
@@ -108,8 +121,20 @@ impl Writer {
     pub async fn write(&self, sql: &str, params: Vec<Value>) -> Result<Outcome, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
         let request = Request { statement: self.statement(sql), params, reply: Some(reply) };
-        self.queue.send(request).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        self.queue.send(Job::Write(request)).await.map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+
+    /// Run `statements` as one transaction of their own; returns each one's outcome after the
+    /// commit, or the index of the first that failed (nothing was kept).
+    pub async fn transaction(
+        &self,
+        statements: Vec<(String, Vec<Value>)>,
+    ) -> Result<Vec<Outcome>, (usize, sqlx::Error)> {
+        let (reply, answer) = oneshot::channel();
+        let closed = || (0, sqlx::Error::PoolClosed);
+        self.queue.send(Job::Transaction(Transaction { statements, reply })).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     fn statement(&self, sql: &str) -> Arc<Statement> {
@@ -130,26 +155,83 @@ impl Writer {
 /// answer, repeat.
 async fn run(
     mut conn: AnyConnection,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Request>>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     backend: Backend,
     reconnect_to: Option<String>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Statements that cannot join a batch run alone, in queue order.
-        let mut start = 0;
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut writes = Vec::with_capacity(MAX_BATCH);
+    while rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let mut failed = false;
-        while start < batch.len() {
-            let len = batch[start..].iter().take_while(|r| r.batchable(backend)).count().max(1);
-            failed |= !run_group(&mut conn, &mut batch[start..start + len], backend).await;
-            start += len;
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write(request) => writes.push(request),
+                Job::Transaction(t) => {
+                    failed |= !run_writes(&mut conn, &mut writes, backend).await;
+                    failed |= !run_explicit(&mut conn, t, backend).await;
+                }
+            }
         }
-        batch.clear();
+        failed |= !run_writes(&mut conn, &mut writes, backend).await;
+        if backend == Backend::Postgres {
+            // A statement may have changed the session (`SELECT set_config(...)`, advisory
+            // locks): back to the start-up settings before the next batch.
+            failed |= conn.execute(super::RESET_SESSION).await.is_err();
+        }
         if failed && let Some(url) = &reconnect_to {
             reconnect_if_broken(&mut conn, url).await;
         }
     }
     let _ = sqlx::Connection::close(conn).await;
+}
+
+/// Run and answer queued writes, in order, batching what can be batched; empties `writes`.
+/// False when any failed.
+async fn run_writes(conn: &mut AnyConnection, writes: &mut Vec<Request>, backend: Backend) -> bool {
+    // Statements that cannot join a batch run alone, in queue order.
+    let mut start = 0;
+    let mut all_ok = true;
+    while start < writes.len() {
+        let len = writes[start..].iter().take_while(|r| r.batchable(backend)).count().max(1);
+        all_ok &= run_group(conn, &mut writes[start..start + len], backend).await;
+        start += len;
+    }
+    writes.clear();
+    all_ok
+}
+
+/// A [`Transaction`]: its statements one by one between `BEGIN` and `COMMIT`; the first
+/// failure rolls back. False when it failed.
+async fn run_explicit(conn: &mut AnyConnection, t: Transaction, backend: Backend) -> bool {
+    let begin = match backend {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    let result = async {
+        conn.execute(begin).await.map_err(|e| (0, e))?;
+        let mut outcomes = Vec::with_capacity(t.statements.len());
+        for (i, (sql, params)) in t.statements.iter().enumerate() {
+            let persistent = super::may_cache(backend, params);
+            let outcome = run_statements(conn, sql, params, persistent).await.map_err(|e| (i, e))?;
+            outcomes.push(outcome.into_iter().fold(Outcome::default(), merge));
+        }
+        conn.execute("COMMIT").await.map_err(|e| (t.statements.len().saturating_sub(1), e))?;
+        Ok(outcomes)
+    }
+    .await;
+    if result.is_err() {
+        let _ = conn.execute("ROLLBACK").await;
+    }
+    let ok = result.is_ok();
+    let _ = t.reply.send(result);
+    ok
+}
+
+/// Outcomes of the statements of one text, as one: all rows, the sum of the changes.
+fn merge(mut all: Outcome, o: Outcome) -> Outcome {
+    all.rows.extend(o.rows);
+    all.affected += o.affected;
+    all
 }
 
 /// After a failed write: when the connection no longer answers a ping (the server restarted,
@@ -210,11 +292,7 @@ async fn run_alone(conn: &mut AnyConnection, request: &Request, backend: Backend
     let outcomes =
         run_statements(conn, &request.statement.sql, &request.params, super::may_cache(backend, &request.params))
             .await?;
-    Ok(outcomes.into_iter().fold(Outcome::default(), |mut all, o| {
-        all.rows.extend(o.rows);
-        all.affected += o.affected;
-        all
-    }))
+    Ok(outcomes.into_iter().fold(Outcome::default(), merge))
 }
 
 /// PostgreSQL: the batch's statements one by one between `BEGIN` and `COMMIT`. On error the
@@ -347,7 +425,7 @@ pub fn positional(sql: &str) -> Option<(String, Vec<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::positional;
-    use crate::store::{Store, Value};
+    use crate::store::{Access, Store, Value};
 
     #[test]
     fn placeholders_become_positional() {
@@ -378,7 +456,7 @@ mod tests {
     async fn a_failing_write_fails_alone_on_sqlite() {
         let dir = std::env::temp_dir().join(format!("gatewayd-writer-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::connect("sqlite://w.db", &dir, 2).await.unwrap();
+        let store = Store::connect("sqlite://w.db", &dir, 2, None).await.unwrap();
         a_failing_write_fails_alone(store).await;
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -389,7 +467,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_fails_alone_on_postgres() {
         let (mut admin, name, url) = postgres_database("batches").await;
-        let store = Store::connect(&url, &std::env::temp_dir(), 8).await.unwrap();
+        let store = Store::connect(&url, &std::env::temp_dir(), 8, None).await.unwrap();
         a_failing_write_fails_alone(store).await;
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     }
@@ -417,14 +495,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_postgres_writer_reconnects_after_its_connection_is_dropped() {
         let (mut admin, name, url) = postgres_database("reconnect").await;
-        let store = Store::connect(&url, &std::env::temp_dir(), 2).await.unwrap();
-        store.execute("CREATE TABLE t (k BIGINT PRIMARY KEY)", vec![]).await.unwrap();
+        let store = Store::connect(&url, &std::env::temp_dir(), 2, None).await.unwrap();
+        store.execute("CREATE TABLE t (k BIGINT PRIMARY KEY)", vec![], Access::ReadWrite).await.unwrap();
         let kill = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'");
         sqlx::query(&kill).execute(&mut admin).await.unwrap();
         let mut failed = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match store.execute("INSERT INTO t (k) VALUES ($1)", vec![Value::Integer(failed)]).await {
+            match store.execute("INSERT INTO t (k) VALUES ($1)", vec![Value::Integer(failed)], Access::ReadWrite).await
+            {
                 Ok(n) => {
                     assert_eq!(n, 1);
                     break;
@@ -442,7 +521,10 @@ mod tests {
     }
 
     async fn a_failing_write_fails_alone(store: Store) {
-        store.execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v TEXT NOT NULL)", vec![]).await.unwrap();
+        store
+            .execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v TEXT NOT NULL)", vec![], Access::ReadWrite)
+            .await
+            .unwrap();
         let tasks: Vec<_> = (0..400i64)
             .map(|i| {
                 let store = store.clone();
@@ -450,7 +532,12 @@ mod tests {
                 let k = if i % 10 == 0 { 0 } else { i };
                 tokio::spawn(async move {
                     let sql = "INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k";
-                    (k, store.query(sql, vec![Value::Integer(k), Value::Text(format!("v{i}"))]).await)
+                    (
+                        k,
+                        store
+                            .query(sql, vec![Value::Integer(k), Value::Text(format!("v{i}"))], Access::ReadWrite)
+                            .await,
+                    )
                 })
             })
             .collect();
@@ -469,9 +556,9 @@ mod tests {
             }
         }
         assert_eq!((ok, refused), (361, 39));
-        let count = store.query("SELECT COUNT(*) FROM t", vec![]).await.unwrap();
+        let count = store.query("SELECT COUNT(*) FROM t", vec![], Access::ReadWrite).await.unwrap();
         assert_eq!(count, vec![vec![Value::Integer(361)]], "every acknowledged write is committed, nothing else");
-        let affected = store.execute("UPDATE t SET v = 'x' WHERE k < 10", vec![]).await.unwrap();
+        let affected = store.execute("UPDATE t SET v = 'x' WHERE k < 10", vec![], Access::ReadWrite).await.unwrap();
         assert_eq!(affected, 9 + 1);
         store.close().await;
     }

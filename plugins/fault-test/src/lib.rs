@@ -6,13 +6,18 @@
 //! - `oom`: allocates until the memory limit refuses (stopped by the store limiter);
 //! - `count`: increments a counter kept in the host's session state and replies `count:<n>`;
 //! - `store-read`: replies `store:<n> row(s)` or `store-error:<why>` after trying to read the store (capability test);
+//! - `sql-query:<sql>` / `sql-execute:<sql>`: runs `<sql>` with `store.query` / `store.execute`
+//!   and replies `rows:<debug of the rows>` / `affected:<n>`, or `store-error:<why>` (the
+//!   hostile-plugin tests: whatever a plugin may try with its capability);
+//! - `issue:<ttl-secs>:<claims JSON>`: `auth.issue`; replies `token:<jwt>` or `issue-error:<why>`;
+//! - `verify:<jwt>`: `auth.verify`; replies `claims:<JSON>` or `verify-error:<why>`;
 //! - `version`: replies `version:1`, or `version:2` when built with the `v2` feature (a second
 //!   build for hot-reload tests);
 //! - anything else: echoed back as `echo:<text>`.
 //!
 //! Config: `fail_init = true` makes `init` fail (a version that must be rejected on load).
 
-use gatewayd_plugin::{ConnectionId, Protocol, conn, session, store};
+use gatewayd_plugin::{ConnectionId, Protocol, auth, conn, session, store, tokens};
 
 struct FaultTest;
 
@@ -64,10 +69,38 @@ impl Protocol for FaultTest {
                 conn::send_text(id, &reply);
             }
             other => {
-                conn::send_text(id, &format!("echo:{other}"));
+                conn::send_text(id, &hostile(other).unwrap_or_else(|| format!("echo:{other}")));
             }
         }
     }
+}
+
+/// The reply to a hostile-plugin command, or `None` when `text` is not one.
+fn hostile(text: &str) -> Option<String> {
+    let (command, arg) = text.split_once(':')?;
+    Some(match command {
+        "sql-query" => match store::query(arg, &[]) {
+            Ok(rows) => format!("rows:{rows:?}"),
+            Err(e) => format!("store-error:{e}"),
+        },
+        "sql-execute" => match store::execute(arg, &[]) {
+            Ok(n) => format!("affected:{n}"),
+            Err(e) => format!("store-error:{e}"),
+        },
+        "issue" => {
+            let (ttl, claims) = arg.split_once(':')?;
+            let claims: serde_json::Value = serde_json::from_str(claims).ok()?;
+            match tokens::issue(&claims, ttl.parse().ok()?) {
+                Ok(token) => format!("token:{token}"),
+                Err(e) => format!("issue-error:{e}"),
+            }
+        }
+        "verify" => match auth::verify(arg) {
+            Ok(claims) => format!("claims:{claims}"),
+            Err(e) => format!("verify-error:{e}"),
+        },
+        _ => return None,
+    })
 }
 
 gatewayd_plugin::protocol_plugin!(FaultTest);
