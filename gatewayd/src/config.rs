@@ -319,6 +319,12 @@ pub struct RouteConfig {
     /// frames go to the media engine once the plugin has answered the call.
     #[serde(default)]
     pub media: Option<RouteMedia>,
+    /// WebSocket routes: answer a refused token (invalid, expired, another plugin's) by
+    /// completing the handshake and closing with this code (4000..=4999), the refusal's text as
+    /// the reason, instead of HTTP 401. A browser cannot read the status of a refused
+    /// handshake, only a close code (chat.md: 4003). The plugin never sees such a connection.
+    #[serde(default)]
+    pub refused_token_close: Option<u16>,
 }
 
 /// A media route's wire audio: codec and sample rate, mono, 20 ms frames.
@@ -575,6 +581,11 @@ impl Config {
                 if r.kind != RouteKind::Websocket {
                     return err(format!("routes[{i}].media"), "only websocket routes carry media".into());
                 }
+            }
+            if let Some(code) = r.refused_token_close
+                && (r.kind != RouteKind::Websocket || !(4000..=4999).contains(&code))
+            {
+                return err(format!("routes[{i}].refused_token_close"), "a websocket route's code, 4000..=4999".into());
             }
         }
         for (name, p) in &self.plugins {

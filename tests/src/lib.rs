@@ -458,6 +458,52 @@ fail_init = false
     }
 }
 
+/// The chat routes and plugin of a test config (like `config/gatewayd.toml`): uploads go to
+/// `media_dir` (relative to the config file, or absolute), at most `max_file_bytes` each, of
+/// `allowed_types`; `extra_config` is appended to `[plugins.chat.config]`.
+pub fn chat_toml(media_dir: &str, max_file_bytes: usize, allowed_types: &[&str], extra_config: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+listener = "main"
+path = "/chat/"
+prefix = true
+kind = "http"
+plugin = "chat"
+auth = "optional"
+
+[[routes]]
+name = "visitor-chat"
+listener = "main"
+path = "/ws/visitor-chat/"
+kind = "websocket"
+plugin = "chat"
+auth = "optional"
+refused_token_close = 4003
+
+[plugins.chat]
+file = "{file}"
+[plugins.chat.limits]
+event_timeout_ms = 2000
+memory_mb = 64
+[plugins.chat.capabilities]
+store = "read-write"
+[plugins.chat.capabilities.issue]
+audience = "gatewayd-chat-visitor"
+claims = ["sub", "chat_visitor_id", "chat_session_id", "business_id"]
+[plugins.chat.capabilities.files]
+dir = "{media_dir}"
+max_bytes = {max_file_bytes}
+allowed_types = {types:?}
+[plugins.chat.config]
+public_base_url = "http://chat.test"
+{extra_config}
+"#,
+        file = plugin_file("chat").display(),
+        types = allowed_types,
+    )
+}
+
 /// The rooms listener, routes and plugin of a test config (like `config/gatewayd.toml`).
 fn rooms_toml(addr: SocketAddr, config: &str) -> String {
     format!(

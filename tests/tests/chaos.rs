@@ -32,51 +32,14 @@ const SESSIONS: usize = 4;
 /// How long anything the daemon must do may take on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn chat_toml(media_dir: &Path) -> String {
-    format!(
-        r#"
-[[routes]]
-listener = "main"
-path = "/chat/"
-prefix = true
-kind = "http"
-plugin = "chat"
-auth = "optional"
-
-[[routes]]
-listener = "main"
-path = "/ws/visitor-chat/"
-kind = "websocket"
-plugin = "chat"
-auth = "optional"
-
-[plugins.chat]
-file = "{file}"
-[plugins.chat.limits]
-event_timeout_ms = 2000
-memory_mb = 64
-[plugins.chat.capabilities]
-store = "read-write"
-[plugins.chat.capabilities.issue]
-audience = "gatewayd-chat-visitor"
-claims = ["sub", "chat_visitor_id", "chat_session_id", "business_id"]
-[plugins.chat.capabilities.files]
-dir = "{media}"
-max_bytes = 262144
-allowed_types = ["image/png", "application/pdf"]
-[plugins.chat.config]
-public_base_url = "http://chat.test"
-rate_per_sec = 100000.0
-rate_burst = 100000.0
-"#,
-        file = plugin_file("chat").display(),
-        media = media_dir.display(),
-    )
-}
-
 /// A daemon serving the chat plugin, with business B1 and its agent (user 820).
 async fn chat_daemon(mut opts: DaemonOptions, media_dir: &Path) -> Daemon {
-    opts.extra_toml = chat_toml(media_dir);
+    opts.extra_toml = chat_toml(
+        &media_dir.display().to_string(),
+        262_144,
+        &["image/png", "application/pdf"],
+        "rate_per_sec = 100000.0\nrate_burst = 100000.0",
+    );
     opts.auth_extra = format!("signing = {{ algorithm = \"HS256\", secret = \"{TEST_SECRET}\" }}");
     let d = Daemon::start(opts).await.expect("daemon starts");
     for c in [

@@ -20,51 +20,10 @@ const A3: &str = "ca300000-0000-4000-8000-000000000003"; // user 822: no members
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89rest-of-image";
 const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
 
-fn chat_toml(max_file_bytes: usize, extra_config: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-listener = "main"
-path = "/chat/"
-prefix = true
-kind = "http"
-plugin = "chat"
-auth = "optional"
-
-[[routes]]
-name = "visitor-chat"
-listener = "main"
-path = "/ws/visitor-chat/"
-kind = "websocket"
-plugin = "chat"
-auth = "optional"
-
-[plugins.chat]
-file = "{file}"
-[plugins.chat.limits]
-event_timeout_ms = 2000
-memory_mb = 64
-[plugins.chat.capabilities]
-store = "read-write"
-[plugins.chat.capabilities.issue]
-audience = "gatewayd-chat-visitor"
-claims = ["sub", "chat_visitor_id", "chat_session_id", "business_id"]
-[plugins.chat.capabilities.files]
-dir = "media"
-max_bytes = {max_file_bytes}
-allowed_types = ["image/png", "image/jpeg", "application/pdf"]
-[plugins.chat.config]
-public_base_url = "http://chat.test"
-{extra_config}
-"#,
-        file = plugin_file("chat").display(),
-    )
-}
-
 async fn world_with(db: Db, max_file_bytes: usize, extra_config: &str) -> Daemon {
     let opts = DaemonOptions {
         db,
-        extra_toml: chat_toml(max_file_bytes, extra_config),
+        extra_toml: chat_toml("media", max_file_bytes, &["image/png", "image/jpeg", "application/pdf"], extra_config),
         auth_extra: format!("signing = {{ algorithm = \"HS256\", secret = \"{TEST_SECRET}\" }}"),
         ..DaemonOptions::default()
     };
@@ -338,12 +297,22 @@ async fn close_codes(db: Db) {
     // The right people still get in.
     join(&d, &other_sid, &other_vt).await;
     join(&d, &sid, &agent_token(json!(820))).await;
-    // An invalid token is refused at the handshake by the daemon (401), never reaching the plugin.
+    // An invalid or expired token is refused by the daemon, never reaching the plugin: after the
+    // upgrade, with chat.md's 4003 (`refused_token_close`), since a browser cannot see a 401.
     let bad = token_with(&json!({"user_id": 820, "exp": 4_102_444_800u64}), "another-secret-0123456789abcdef");
-    match connect(&d, &format!("?session_id={sid}"), Some(&bad)).await {
-        Err(e) => assert!(e.to_string().contains("401"), "{e}"),
-        Ok(_) => panic!("a token with a bad signature must be refused"),
+    let expired = token(&json!({"user_id": 820, "exp": 1_000_000_000u64}));
+    for (what, t) in [("bad signature", bad), ("expired", expired)] {
+        let mut c = connect(&d, &format!("?session_id={sid}"), Some(&t)).await.unwrap();
+        let (code, reason) = c.recv_close().await.unwrap();
+        assert_eq!(code, 4003, "{what}: {reason}");
+        assert!(reason.starts_with("token_"), "{what}: {reason}");
     }
+    // The same through `Sec-WebSocket-Protocol: Bearer, <jwt>`, as a browser sends it.
+    let url = d.ws_url(&format!("/ws/visitor-chat/?session_id={sid}"));
+    let offered = format!("Bearer, {}", token(&json!({"user_id": 820, "exp": 1_000_000_000u64})));
+    let mut c = Client::connect_with(&url, &[("sec-websocket-protocol", &offered)]).await.unwrap().unwrap();
+    assert_eq!(c.protocol.as_deref(), Some("Bearer"));
+    assert_eq!(c.recv_close().await.unwrap().0, 4003);
 }
 
 async fn one_active_session(db: Db) {

@@ -50,6 +50,9 @@ pub struct Call {
     echo_buf: EchoBuffer,
     /// Caller audio not yet written to the recording.
     to_record: VecDeque<i16>,
+    /// Fixed-size codecs: the start of a frame whose rest has not arrived (fewer bytes than a
+    /// frame; see [`Call::audio`]).
+    partial: Vec<u8>,
     /// Reused buffers: decoded caller frame, outgoing frame, encoded outgoing frame.
     pcm: Vec<i16>,
     out: Vec<i16>,
@@ -85,6 +88,7 @@ impl Call {
             echo: false,
             echo_buf: EchoBuffer::default(),
             to_record: VecDeque::new(),
+            partial: Vec::new(),
             pcm: Vec::with_capacity(n),
             out: Vec::with_capacity(n),
             reached: Vec::new(),
@@ -121,8 +125,41 @@ impl Call {
         }
     }
 
-    /// A caller frame (its size already checked): decode it for the echo and the recording.
-    pub fn frame(&mut self, frame: &[u8]) {
+    /// A chunk of caller audio (checked by the media engine to hold whole samples, or one Opus
+    /// packet). Fixed-size codecs (G.711, L16) are re-framed: a chunk may carry any number of
+    /// samples, its bytes are cut into 20 ms frames, and a remainder shorter than a frame waits
+    /// for the next chunk. Returns the number of whole frames taken.
+    pub fn audio(&mut self, chunk: &[u8]) -> usize {
+        let Some(frame_bytes) = self.codec.frame_bytes(self.format.frame_samples()) else {
+            self.frame(chunk);
+            return 1;
+        };
+        let mut rest = chunk;
+        let mut frames = 0;
+        if !self.partial.is_empty() {
+            let take = (frame_bytes - self.partial.len()).min(rest.len());
+            self.partial.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.partial.len() < frame_bytes {
+                return 0;
+            }
+            let frame = std::mem::take(&mut self.partial);
+            self.frame(&frame);
+            self.partial = frame;
+            self.partial.clear();
+            frames += 1;
+        }
+        let mut whole = rest.chunks_exact(frame_bytes);
+        for frame in &mut whole {
+            self.frame(frame);
+            frames += 1;
+        }
+        self.partial.extend_from_slice(whole.remainder());
+        frames
+    }
+
+    /// One caller frame of the call's size: decode it for the echo and the recording.
+    fn frame(&mut self, frame: &[u8]) {
         let n = self.format.frame_samples();
         if self.codec.decode(frame, n, &mut self.pcm).is_err() {
             CallStats::add(&self.stats.rejected_frames, 1);

@@ -54,9 +54,16 @@ pub enum FrameOutcome {
     NotAnswered,
     /// Taken by the call (or dropped and counted when its echo buffer was full).
     Accepted,
-    /// Refused, with the reason.
+    /// Refused, with the reason, to be reported to the plugin.
     Rejected(String),
+    /// Refused and counted, not reported: the call's last report was less than
+    /// [`REJECT_REPORT_EVERY`] ago.
+    RejectedQuietly,
 }
+
+/// Refused caller audio is reported to the plugin at most this often per call (a client that
+/// sends only bad chunks raises one plugin event a second, not fifty).
+pub const REJECT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Per-plugin media settings (`[plugins.<name>.media]`).
 #[derive(Debug, Clone, Default)]
@@ -79,6 +86,8 @@ struct Entry {
 struct Live {
     call: Arc<CallCell>,
     stats: Arc<CallStats>,
+    /// When refused audio was last reported to the plugin.
+    reported_at: Option<std::time::Instant>,
 }
 
 impl Live {
@@ -179,23 +188,29 @@ impl MediaEngine {
         };
         let cell = Arc::new(CallCell::new(Some(Call::new(setup))));
         self.threads.clock().add(cell.clone());
-        *live = Some(Live { call: cell, stats });
+        *live = Some(Live { call: cell, stats, reported_at: None });
         Ok(())
     }
 
-    /// Hand a caller's binary frame to its call.
-    pub fn push_frame(&self, id: ConnId, frame: &[u8]) -> FrameOutcome {
+    /// Hand a caller's binary message (any number of whole samples; one packet for Opus) to
+    /// its call, which cuts it into 20 ms frames ([`Call::audio`]).
+    pub fn push_frame(&self, id: ConnId, chunk: &[u8]) -> FrameOutcome {
         let Some(call) = self.calls.get(&id).map(|c| c.clone()) else { return FrameOutcome::NotAnswered };
-        let live = call.live.lock();
-        let Some(live) = live.as_ref() else { return FrameOutcome::NotAnswered };
-        if let Err(reason) = check_size(call.format, frame.len()) {
+        let mut live = call.live.lock();
+        let Some(live) = live.as_mut() else { return FrameOutcome::NotAnswered };
+        if let Err(reason) = check_chunk(call.format, chunk.len()) {
             CallStats::add(&live.stats.rejected_frames, 1);
+            let now = std::time::Instant::now();
+            if live.reported_at.is_some_and(|at| now.duration_since(at) < REJECT_REPORT_EVERY) {
+                return FrameOutcome::RejectedQuietly;
+            }
+            live.reported_at = Some(now);
             return FrameOutcome::Rejected(reason);
         }
-        CallStats::add(&live.stats.frames_in, 1);
-        CallStats::add(&live.stats.bytes_in, frame.len() as u64);
+        CallStats::add(&live.stats.bytes_in, chunk.len() as u64);
         if let Some(c) = live.call.lock().as_mut() {
-            c.frame(frame);
+            let frames = c.audio(chunk);
+            CallStats::add(&live.stats.frames_in, frames as u64);
         }
         FrameOutcome::Accepted
     }
@@ -293,19 +308,20 @@ impl MediaEngine {
 }
 
 /// Is a caller frame of `len` bytes acceptable for `format`?
-fn check_size(format: Format, len: usize) -> Result<(), String> {
-    let samples = format.frame_samples();
-    let expected = match format.codec {
-        CodecName::Pcmu | CodecName::Pcma => samples,
-        CodecName::L16 => samples * 2,
+/// A caller chunk must hold whole samples (G.711: any non-empty chunk; L16: an even number of
+/// bytes) or, for Opus, be one packet.
+fn check_chunk(format: Format, len: usize) -> Result<(), String> {
+    let sample_bytes = match format.codec {
+        CodecName::Pcmu | CodecName::Pcma => 1,
+        CodecName::L16 => 2,
         CodecName::Opus if (1..=OPUS_MAX_PACKET).contains(&len) => return Ok(()),
         CodecName::Opus => return Err(format!("an Opus packet of {len} bytes (1..={OPUS_MAX_PACKET} expected)")),
     };
-    if len == expected {
+    if len > 0 && len % sample_bytes == 0 {
         Ok(())
     } else {
         Err(format!(
-            "a frame of {len} bytes; this call's audio is {} at {} Hz in {expected}-byte 20 ms frames",
+            "a chunk of {len} bytes; this call's audio is {} at {} Hz: whole {sample_bytes}-byte samples expected",
             format.codec.name(),
             format.rate
         ))
@@ -317,16 +333,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_sizes_are_checked_per_format() {
+    fn chunks_must_hold_whole_samples() {
         let l16 = Format::new(CodecName::L16, 8000).unwrap();
-        assert!(check_size(l16, 320).is_ok());
-        let e = check_size(l16, 321).unwrap_err();
-        assert!(e.contains("321 bytes") && e.contains("l16 at 8000 Hz in 320-byte"), "{e}");
-        assert!(check_size(Format::new(CodecName::L16, 16000).unwrap(), 640).is_ok());
-        assert!(check_size(Format::new(CodecName::Pcmu, 8000).unwrap(), 160).is_ok());
-        assert!(check_size(Format::new(CodecName::Pcma, 8000).unwrap(), 320).is_err());
+        for ok in [2, 160, 320, 640, 4000] {
+            assert!(check_chunk(l16, ok).is_ok(), "{ok}");
+        }
+        let e = check_chunk(l16, 321).unwrap_err();
+        assert!(e.contains("321 bytes") && e.contains("l16 at 8000 Hz") && e.contains("2-byte samples"), "{e}");
+        assert!(check_chunk(l16, 0).is_err());
+        assert!(check_chunk(Format::new(CodecName::Pcmu, 8000).unwrap(), 1).is_ok());
+        assert!(check_chunk(Format::new(CodecName::Pcma, 8000).unwrap(), 0).is_err());
         let opus = Format::new(CodecName::Opus, 48000).unwrap();
-        assert!(check_size(opus, 1).is_ok() && check_size(opus, 1275).is_ok());
-        assert!(check_size(opus, 0).is_err() && check_size(opus, 1276).is_err());
+        assert!(check_chunk(opus, 1).is_ok() && check_chunk(opus, 1275).is_ok());
+        assert!(check_chunk(opus, 0).is_err() && check_chunk(opus, 1276).is_err());
     }
 }

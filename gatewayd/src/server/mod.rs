@@ -37,6 +37,8 @@ struct Route {
     plugin: Arc<Plugin>,
     /// Wire audio format of a media route.
     media: Option<crate::media::format::Format>,
+    /// Close code for a refused token after the upgrade (`RouteConfig::refused_token_close`).
+    refused_token_close: Option<u16>,
 }
 
 impl Route {
@@ -100,6 +102,7 @@ fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> 
                 auth: r.auth,
                 plugin: plugin.clone(),
                 media: r.media.map(|m| m.format().expect("validated: media format")),
+                refused_token_close: r.refused_token_close,
             })
         })
         .collect()
@@ -376,6 +379,22 @@ async fn handle(
                 }
                 Err(e) => {
                     tracing::info!(route = %route.name, %remote, reason = %e, "token refused");
+                    if let Some(code) = route.refused_token_close
+                        && fastwebsockets::upgrade::is_upgrade_request(&req)
+                    {
+                        let reason = format!("{}: {e}", e.code());
+                        let offered_bearer = offers_bearer(&req);
+                        let mut response = websocket::refuse_after_upgrade(&mut req, code, reason, (permit, forwarded));
+                        if offered_bearer && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            // As on success: a browser that offered `Bearer` fails a handshake
+                            // that selects nothing, and would see 1006 instead of the code.
+                            response.headers_mut().insert(
+                                hyper::header::SEC_WEBSOCKET_PROTOCOL,
+                                hyper::header::HeaderValue::from_static("Bearer"),
+                            );
+                        }
+                        return response;
+                    }
                     return json_error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
                 }
             },

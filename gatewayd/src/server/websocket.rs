@@ -314,7 +314,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Err(_) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
                 },
                 OpCode::Binary if media => match events.plugin.services().media.push_frame(id, &frame.payload) {
-                    FrameOutcome::Accepted => continue,
+                    FrameOutcome::Accepted | FrameOutcome::RejectedQuietly => continue,
                     FrameOutcome::NotAnswered => Event::Binary(id, Vec::from(frame.payload)),
                     FrameOutcome::Rejected(reason) => Event::Media(id, MediaEvent::FrameRejected(reason)),
                 },
@@ -436,6 +436,37 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Close reasons are at most 123 bytes (RFC 6455 section 5.5); cut at a character boundary.
+/// Complete the handshake of `req` and close at once with `code` and `reason` (a refused token
+/// on a route with `refused_token_close`): a browser sees the code, which it cannot for an HTTP
+/// refusal. The client's close is awaited for at most a second; `held` (the connection's
+/// place in the edge's counts) is kept until then.
+pub fn refuse_after_upgrade(
+    req: &mut hyper::Request<hyper::body::Incoming>,
+    code: u16,
+    reason: String,
+    held: impl Send + 'static,
+) -> hyper::Response<http_body_util::Full<Bytes>> {
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(req) {
+        Ok(parts) => parts,
+        Err(e) => return super::json_error(hyper::StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
+    };
+    tokio::spawn(async move {
+        let _held = held;
+        let Ok(mut ws) = upgrade.await else { return };
+        ws.set_auto_close(false);
+        let close = Frame::close(code, truncate_reason(&reason).as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            ws.write_frame(close).await?;
+            // Until the client's close (or anything else ends it).
+            while ws.read_frame().await?.opcode != OpCode::Close {}
+            Ok::<_, WebSocketError>(())
+        })
+        .await;
+    });
+    let (parts, _) = response.into_parts();
+    hyper::Response::from_parts(parts, http_body_util::Full::default())
+}
+
 fn truncate_reason(reason: &str) -> &str {
     if reason.len() <= 123 {
         return reason;
