@@ -359,6 +359,36 @@ pub struct PluginConfig {
     /// Audio files the plugin may play and where its recordings go.
     #[serde(default)]
     pub media: PluginMediaConfig,
+    /// How a connection is told that an event of its session failed (trap, time or memory
+    /// limit), in the plugin's protocol's own shape.
+    #[serde(default)]
+    pub fault_report: FaultReport,
+}
+
+/// `[plugins.<name>] fault_report`: the message a connection gets when an event of its session
+/// failed. `code` is `plugin_trap`, `plugin_timeout`, `plugin_memory` or `plugin_unavailable`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultReport {
+    /// `{"type":"error","code":...,"message":...}` (signaling, chat, rooms).
+    #[default]
+    Type,
+    /// `{"event":"error","code":...,"message":...}` (ivr.md's `event`-keyed messages).
+    Event,
+    /// Nothing is sent; the fault is only logged and counted.
+    None,
+}
+
+impl FaultReport {
+    /// The text frame for a fault, if any.
+    pub fn message(self, code: &str, message: &str) -> Option<String> {
+        let key = match self {
+            FaultReport::Type => "type",
+            FaultReport::Event => "event",
+            FaultReport::None => return None,
+        };
+        Some(serde_json::json!({key: "error", "code": code, "message": message}).to_string())
+    }
 }
 
 /// `[plugins.<name>.media]`.

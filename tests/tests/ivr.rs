@@ -40,6 +40,7 @@ max_message_bytes = 4096
 {routes}
 [plugins.ivr]
 file = "{ivr_file}"
+fault_report = "event"
 [plugins.ivr.config]
 {ivr}
 [plugins.ivr.media]
@@ -47,6 +48,7 @@ file = "{ivr_file}"
 
 [plugins.ivr-menu]
 file = "{menu_file}"
+fault_report = "event"
 [plugins.ivr-menu.config]
 {menu}
 [plugins.ivr-menu.media.files]

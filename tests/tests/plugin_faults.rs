@@ -88,3 +88,33 @@ async fn store_needs_the_capability() {
     let reply = c.recv_text().await.unwrap();
     assert_eq!(reply, "store-error:plugin `fault-test` has no store capability");
 }
+
+/// The fault report takes the plugin's protocol's shape (`[plugins.<name>] fault_report`):
+/// `event`-keyed for an ivr.md-like protocol, nothing at all with `none`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_reports_take_the_protocols_shape() {
+    let mut extra = String::new();
+    for (name, report) in [("faults-event", "event"), ("faults-silent", "none")] {
+        extra.push_str(&format!(
+            "[[routes]]\nlistener = \"main\"\npath = \"/ws/{name}/\"\nkind = \"websocket\"\nplugin = \"{name}\"\n\n\
+             [plugins.{name}]\nfile = \"{file}\"\nfault_report = \"{report}\"\n\n",
+            file = plugin_file("fault-test").display(),
+        ));
+    }
+    let d = Daemon::start(DaemonOptions { extra_toml: extra, ..DaemonOptions::default() }).await.unwrap();
+    let mut event = Client::connect(&d.ws_url("/ws/faults-event/")).await.unwrap();
+    event.send_text("trap").await.unwrap();
+    let v: Value = event.recv_json().await.unwrap();
+    assert_eq!((v["event"].as_str(), v["code"].as_str()), (Some("error"), Some("plugin_trap")), "{v}");
+    assert!(v.get("type").is_none(), "{v}");
+
+    let mut silent = Client::connect(&d.ws_url("/ws/faults-silent/")).await.unwrap();
+    silent.send_text("trap").await.unwrap();
+    silent.send_text("count").await.unwrap();
+    // The first thing it hears is the answer to `count`: the trap was not reported.
+    assert_eq!(silent.recv_text().await.unwrap(), "count:1");
+    // Logged with the plugin, the event's kind and its connection.
+    let logs = d.logs();
+    let line = logs.iter().find(|l| l.contains("event failed") && l.contains("faults-silent"));
+    assert!(line.is_some_and(|l| l.contains("text") && l.contains("connection")), "{logs:#?}");
+}

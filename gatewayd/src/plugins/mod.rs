@@ -126,6 +126,8 @@ struct Version {
     config_json: Arc<str>,
     /// CPU time the plugin's own code may use per event or `init` (`event_timeout_ms`).
     event_limit: Duration,
+    /// How a connection is told of a fault (`[plugins.<name>] fault_report`).
+    fault_report: crate::config::FaultReport,
     /// Identity of this version: the component file and config it was built from.
     info: VersionInfo,
 }
@@ -146,7 +148,10 @@ fn short_hash(bytes: &[u8]) -> String {
 }
 
 fn config_hash(config: &PluginConfig) -> String {
-    short_hash(format!("{:?}|{:?}|{:?}", config.config, config.limits, config.capabilities).as_bytes())
+    short_hash(
+        format!("{:?}|{:?}|{:?}|{:?}", config.config, config.limits, config.capabilities, config.fault_report)
+            .as_bytes(),
+    )
 }
 
 struct Warm {
@@ -227,6 +232,7 @@ impl Runtime {
             capabilities: config.capabilities.clone(),
             config_json: config_json.into(),
             event_limit: Duration::from_millis(config.limits.event_timeout_ms),
+            fault_report: config.fault_report,
             info: VersionInfo {
                 file: config.file.clone(),
                 hash,
@@ -438,8 +444,9 @@ impl Plugin {
 
 impl Plugin {
     /// Run a connection's event under its session lock, so events of one session never
-    /// overlap or reorder. A fault is reported to that connection as
-    /// `{"type":"error","code":"plugin_trap"|"plugin_timeout"|"plugin_memory"|"plugin_unavailable","message":...}`
+    /// overlap or reorder. A fault is reported to that connection in the plugin's
+    /// `fault_report` shape (default
+    /// `{"type":"error","code":"plugin_trap"|"plugin_timeout"|"plugin_memory"|"plugin_unavailable","message":...}`)
     /// and the connection stays open.
     pub async fn dispatch_in_session(
         self: &Arc<Self>,
@@ -452,8 +459,10 @@ impl Plugin {
         *guard = session.state;
         drop(guard);
         if let Err(fault) = &result {
-            let message = serde_json::json!({"type": "error", "code": fault.code(), "message": fault.to_string()});
-            self.services.bus.send(conn, Outbound::Text(message.to_string().into()));
+            let report = self.current.read().fault_report;
+            if let Some(message) = report.message(fault.code(), &fault.to_string()) {
+                self.services.bus.send(conn, Outbound::Text(message.into()));
+            }
         }
         result.map(|_| ())
     }
