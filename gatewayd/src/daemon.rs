@@ -3,7 +3,7 @@
 //! Start-up: config -> storage (migrated) -> plugins -> listeners bound -> admin -> ready
 //! (`READY=1` to systemd). Reload, on SIGHUP or when the config file, a plugin file or a TLS
 //! certificate or key file changes: the config is re-read and validated; changed plugins are
-//! rebuilt and swapped, JWT keys rotated, routes replaced, TLS certificates re-read; anything invalid is rejected with a log line and a counter while
+//! rebuilt and swapped, new ones loaded, removed ones dropped, JWT keys rotated, routes replaced, TLS certificates re-read; anything invalid is rejected with a log line and a counter while
 //! the running setup keeps serving. Stop, on SIGTERM/SIGINT: stop accepting, close WebSockets
 //! with 1001, let writers finish for up to `DRAIN_TIMEOUT`, exit.
 
@@ -46,6 +46,23 @@ struct Reloader {
     runtime: Arc<Runtime>,
     keys: Arc<Keys>,
     listeners: Vec<Arc<Listener>>,
+    media: Arc<crate::media::MediaEngine>,
+    /// The files a change of which triggers a reload (set by [`watch_files`]; a reload that
+    /// adds a plugin adds its component file).
+    watched: Arc<Watched>,
+}
+
+/// Apply every plugin's `[plugins.<name>.media]` (audio files read and converted, recordings
+/// directory created).
+fn configure_media(media: &crate::media::MediaEngine, config: &Config) -> anyhow::Result<()> {
+    for (name, p) in &config.plugins {
+        let settings = crate::media::PluginMedia {
+            recordings_dir: p.media.recordings_dir.clone(),
+            record_calls: p.media.record_calls,
+        };
+        media.configure_plugin(name, &p.media.files, settings).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
 }
 
 /// Run the daemon (config read from `config_path`) until a stop signal.
@@ -61,15 +78,14 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         crate::media::threads::MediaThreads::start(config.media.threads, config.media.realtime_priority)
             .context("starting the media threads")?;
     let media = Arc::new(crate::media::MediaEngine::new(bus.clone(), media_threads));
-    for (name, p) in &config.plugins {
-        let settings = crate::media::PluginMedia {
-            recordings_dir: p.media.recordings_dir.clone(),
-            record_calls: p.media.record_calls,
-        };
-        media.configure_plugin(name, &p.media.files, settings).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let services =
-        Arc::new(Services { bus: bus.clone(), store: Some(store.clone()), jwt, metrics: metrics.clone(), media });
+    configure_media(&media, &config)?;
+    let services = Arc::new(Services {
+        bus: bus.clone(),
+        store: Some(store.clone()),
+        jwt,
+        metrics: metrics.clone(),
+        media: media.clone(),
+    });
     let runtime = Arc::new(Runtime::load(&config.plugins, services).await?);
     let server = Server::bind(&config, &runtime, keys.clone(), bus.clone(), metrics.edge.clone()).await?;
     let admin = Arc::new(Admin { metrics, bus: bus.clone(), ready: false.into() });
@@ -85,11 +101,13 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         keys,
         listeners: server.listeners(),
+        media,
+        watched: Arc::default(),
     });
     let addrs = server.local_addrs();
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(server.run(stop_rx));
-    let _watcher = watch_files(&config, config_path, reloader.clone());
+    watch_files(&config, config_path, reloader.clone());
     admin.ready.store(true, Ordering::Release);
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     tracing::info!(listeners = ?addrs, "gatewayd ready");
@@ -141,7 +159,11 @@ impl Reloader {
         match Config::load(&self.config_path).and_then(|c| c.check_files().map(|_| c)) {
             Err(e) => tracing::error!(error = %e, "config reload rejected; the running configuration keeps serving"),
             Ok(config) => {
+                if let Err(e) = configure_media(&self.media, &config) {
+                    tracing::error!(error = %format!("{e:#}"), "plugin media not reloaded");
+                }
                 let report = self.runtime.reload(&config.plugins).await;
+                self.watched.set(&config, &self.config_path);
                 if let Err(e) = self.keys.rotate(&config.auth) {
                     tracing::error!(error = %format!("{e:#}"), "JWT keys not reloaded; the current keys stay");
                 }
@@ -156,45 +178,75 @@ impl Reloader {
                         );
                     }
                 }
-                tracing::info!(reloaded = ?report.reloaded, rejected = report.failed.len(), "reload done");
+                tracing::info!(
+                    reloaded = ?report.reloaded,
+                    added = ?report.added,
+                    removed = ?report.removed,
+                    rejected = report.failed.len(),
+                    "reload done"
+                );
             }
         }
         notify_systemd(&[sd_notify::NotifyState::Ready]);
     }
 }
 
-/// Watch the config file, every plugin file and every TLS certificate and key file; a change
-/// triggers a debounced reload. Returns the watcher, which must be kept alive.
-fn watch_files(config: &Config, config_path: &Path, reloader: Arc<Reloader>) -> Option<notify::RecommendedWatcher> {
-    let mut files: Vec<PathBuf> = config.plugins.values().map(|p| p.file.clone()).collect();
-    let tls = config.listeners.values().filter_map(|l| l.tls.as_ref());
-    files.extend(tls.flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]));
-    files.push(std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()));
+/// The files whose change triggers a reload: the config file, every plugin's component and
+/// every TLS certificate and key. Their directories are watched (editors and `cp` replace
+/// files), and events are filtered by path.
+#[derive(Default)]
+struct Watched {
+    files: parking_lot::RwLock<Vec<PathBuf>>,
+    watcher: parking_lot::Mutex<Option<notify::RecommendedWatcher>>,
+    dirs: parking_lot::Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl Watched {
+    /// Watch the files `config` names (and `config_path`), adding directories not yet watched.
+    fn set(&self, config: &Config, config_path: &Path) {
+        let mut files: Vec<PathBuf> = config.plugins.values().map(|p| p.file.clone()).collect();
+        let tls = config.listeners.values().filter_map(|l| l.tls.as_ref());
+        files.extend(tls.flat_map(|t| [t.cert_file.clone(), t.key_file.clone()]));
+        files.push(std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()));
+        let mut watcher = self.watcher.lock();
+        let mut dirs = self.dirs.lock();
+        if let Some(watcher) = watcher.as_mut() {
+            for dir in files.iter().filter_map(|f| f.parent()) {
+                if dirs.contains(dir) {
+                    continue;
+                }
+                match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        dirs.insert(dir.to_path_buf());
+                    }
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; reload with SIGHUP"),
+                }
+            }
+        }
+        *self.files.write() = files;
+    }
+}
+
+/// Watch the files of [`Watched`]; a change triggers a debounced reload.
+fn watch_files(config: &Config, config_path: &Path, reloader: Arc<Reloader>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let watched = files.clone();
+    let watched = reloader.watched.clone();
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && event.paths.iter().any(|p| watched.contains(p))
             && !matches!(event.kind, notify::EventKind::Access(_))
+            && event.paths.iter().any(|p| watched.files.read().contains(p))
         {
             let _ = tx.send(());
         }
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
+    match notify::recommended_watcher(handler) {
+        Ok(w) => *reloader.watched.watcher.lock() = Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP");
-            return None;
-        }
-    };
-    let mut dirs: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in dirs {
-        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; reload with SIGHUP");
+            return;
         }
     }
+    reloader.watched.set(config, config_path);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             tokio::time::sleep(RELOAD_DEBOUNCE).await;
@@ -203,5 +255,4 @@ fn watch_files(config: &Config, config_path: &Path, reloader: Arc<Reloader>) -> 
             reloader.reload().await;
         }
     });
-    Some(watcher)
 }

@@ -86,7 +86,7 @@ async fn store_needs_the_capability() {
     let mut c = faults_client(&d).await;
     c.send_text("store-read").await.unwrap();
     let reply = c.recv_text().await.unwrap();
-    assert_eq!(reply, "store-error:plugin `fault-test` has no store capability");
+    assert_eq!(reply, "store-error:forbidden: plugin `fault-test` has no store capability");
 }
 
 /// The fault report takes the plugin's protocol's shape (`[plugins.<name>] fault_report`):
@@ -113,8 +113,16 @@ async fn fault_reports_take_the_protocols_shape() {
     silent.send_text("count").await.unwrap();
     // The first thing it hears is the answer to `count`: the trap was not reported.
     assert_eq!(silent.recv_text().await.unwrap(), "count:1");
-    // Logged with the plugin, the event's kind and its connection.
-    let logs = d.logs();
-    let line = logs.iter().find(|l| l.contains("event failed") && l.contains("faults-silent"));
-    assert!(line.is_some_and(|l| l.contains("text") && l.contains("connection")), "{logs:#?}");
+    // Logged with the plugin, the event's kind and its connection (the log is read from the
+    // daemon's stderr as it comes).
+    let started = Instant::now();
+    let line = loop {
+        let logs = d.logs();
+        if let Some(l) = logs.iter().find(|l| l.contains("event failed") && l.contains("faults-silent")) {
+            break l.clone();
+        }
+        assert!(started.elapsed() < PATIENCE, "no `event failed` line for faults-silent: {logs:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("text") && line.contains("connection"), "{line}");
 }

@@ -1,6 +1,7 @@
-//! The command line: run the daemon, check a config, migrate, manage tenants.
+//! The command line: run the daemon, check a config, migrate, manage tenants, start a plugin.
 
 mod plugins;
+mod scaffold;
 
 use crate::config::Config;
 use crate::store::tenants;
@@ -33,6 +34,24 @@ enum Command {
     /// Manage businesses, departments, agents and memberships.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Write plugins (needs no config file).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a new plugin crate, with the SDK of this daemon, that builds with
+    /// `cargo build --release` (docs/writing-an-ivr-plugin.md).
+    New {
+        /// `ivr` (the ivr.md protocol: answer, prompts, DTMF menu) or `protocol` (your own).
+        kind: scaffold::Kind,
+        /// Plugin name: lower-case letters, digits and `-` (the crate, config key and route).
+        name: String,
+        /// Directory to create the crate in (as `<dir>/<name>`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -89,6 +108,20 @@ struct Membership {
 /// Entry point of the `gatewayd` binary. Exit codes: 0 ok, 1 runtime failure, 2 bad config.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Plugin(PluginCommand::New { kind, name, dir })) = &cli.command {
+        return match scaffold::new_plugin(*kind, name, dir) {
+            Ok(root) => {
+                println!("{}", root.display());
+                println!("build: cd {} && cargo build --release", root.display());
+                println!("then add {}/gatewayd.toml to the daemon's config and reload it", root.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gatewayd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -110,6 +143,7 @@ pub fn main() -> ExitCode {
             Command::Check => check(&config),
             Command::Migrate => crate::daemon::open_store(&config).await.map(|_| println!("migrations applied")),
             Command::Tenant(cmd) => tenant(&config, cmd).await,
+            Command::Plugin(_) => unreachable!("handled before the config is read"),
             Command::Plugins => match &config.admin {
                 Some(admin) => plugins::run(admin.address).await,
                 None => {

@@ -174,7 +174,9 @@ pub struct Plugin {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    plugins: HashMap<String, Arc<Plugin>>,
+    /// By name; a reload adds and removes entries.
+    plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+    services: Arc<Services>,
 }
 
 impl Runtime {
@@ -187,26 +189,32 @@ impl Runtime {
         start_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker)?;
-        let mut rt = Runtime { engine, linker, plugins: HashMap::new() };
+        let rt = Runtime { engine, linker, plugins: RwLock::new(HashMap::new()), services };
         for (name, config) in configs {
-            let started = Instant::now();
-            let version = rt.build(name, config).await?;
-            let plugin = Arc::new(Plugin {
-                name: name.as_str().into(),
-                current: RwLock::new(Arc::new(version)),
-                kv: kv::Kv::default(),
-                timers: timers::Timers::default(),
-                services: services.clone(),
-                engine: rt.engine.clone(),
-                stats: stats::PluginStats::new(&services.metrics, name),
-            });
-            let version = plugin.current.read().clone();
-            plugin.init(&version).await.with_context(|| format!("plugin `{name}`: init failed"))?;
-            plugin.stats.loaded(started.elapsed(), &version.info, None);
-            tracing::info!(plugin = %name, file = %config.file.display(), version = %plugin.version().hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
-            rt.plugins.insert(name.clone(), plugin);
+            let plugin = rt.load_plugin(name, config).await?;
+            rt.plugins.write().insert(name.clone(), plugin);
         }
         Ok(rt)
+    }
+
+    /// Build plugin `name` from `config` and run its `init`; it serves once the caller adds it.
+    async fn load_plugin(&self, name: &str, config: &PluginConfig) -> anyhow::Result<Arc<Plugin>> {
+        let started = Instant::now();
+        let version = self.build(name, config).await?;
+        let plugin = Arc::new(Plugin {
+            name: name.into(),
+            current: RwLock::new(Arc::new(version)),
+            kv: kv::Kv::default(),
+            timers: timers::Timers::default(),
+            services: self.services.clone(),
+            engine: self.engine.clone(),
+            stats: stats::PluginStats::new(&self.services.metrics, name),
+        });
+        let version = plugin.current.read().clone();
+        plugin.init(&version).await.with_context(|| format!("plugin `{name}`: init failed"))?;
+        plugin.stats.loaded(started.elapsed(), &version.info, None);
+        tracing::info!(plugin = %name, file = %config.file.display(), version = %plugin.version().hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
+        Ok(plugin)
     }
 
     /// Compile and link a version of plugin `name` (not yet initialised).
@@ -243,30 +251,53 @@ impl Runtime {
     }
 
     /// The plugin named `name`.
-    pub fn plugin(&self, name: &str) -> Option<&Arc<Plugin>> {
-        self.plugins.get(name)
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.read().get(name).cloned()
     }
 
-    /// All plugins, by name.
-    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
-        self.plugins.values()
+    /// All plugins.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.plugins.read().values().cloned().collect()
     }
 
-    /// Reload every plugin whose component file or config changed. Each is built and
-    /// initialised off the hot path, then swapped in; a failure leaves that plugin's current
-    /// version serving and is logged and counted. Plugins added to or removed from the config
-    /// need a restart (logged).
+    /// Apply the plugin tables of a new config. A plugin whose component file or config changed
+    /// is built and initialised off the hot path, then swapped in; a failure leaves its current
+    /// version serving and is logged and counted. A plugin new in the config is loaded (a failure
+    /// is logged and reported; the daemon goes on without it); a plugin gone from the config is
+    /// dropped: it serves no new connection (its routes go with the new route table) and its
+    /// open connections keep it until they close.
     pub async fn reload(&self, configs: &BTreeMap<String, PluginConfig>) -> ReloadReport {
         let mut report = ReloadReport::default();
-        for name in configs.keys().filter(|n| !self.plugins.contains_key(*n)) {
-            tracing::warn!(plugin = %name, "new plugin in config: restart gatewayd to load it");
+        let added: Vec<&String> = configs.keys().filter(|n| !self.plugins.read().contains_key(*n)).collect();
+        for name in added {
+            match self.load_plugin(name, &configs[name]).await {
+                Ok(plugin) => {
+                    tracing::info!(plugin = %name, "plugin added");
+                    self.plugins.write().insert(name.clone(), plugin);
+                    report.added.push(name.clone());
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %name, error = %format!("{e:#}"), "new plugin not loaded");
+                    report.failed.push((name.clone(), format!("{e:#}")));
+                }
+            }
         }
-        for (name, plugin) in &self.plugins {
-            let Some(config) = configs.get(name) else {
-                tracing::warn!(plugin = %name, "plugin removed from config: it keeps serving until restart");
+        self.plugins.write().retain(|name, _| {
+            let keep = configs.contains_key(name);
+            if !keep {
+                tracing::info!(plugin = %name, "plugin removed: open connections keep it until they close");
+                report.removed.push(name.clone());
+            }
+            keep
+        });
+        let current: Vec<(String, Arc<Plugin>)> =
+            self.plugins.read().iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+        for (name, plugin) in current {
+            let Some(config) = configs.get(&name) else { continue };
+            if report.added.contains(&name) {
                 continue;
-            };
-            match self.reload_plugin(plugin, config).await {
+            }
+            match self.reload_plugin(&plugin, config).await {
                 Ok(true) => report.reloaded.push(name.clone()),
                 Ok(false) => {}
                 Err(e) => {
@@ -303,6 +334,10 @@ impl Runtime {
 #[derive(Debug, Default)]
 pub struct ReloadReport {
     pub reloaded: Vec<String>,
+    /// Plugins new in the config, loaded.
+    pub added: Vec<String>,
+    /// Plugins gone from the config, dropped.
+    pub removed: Vec<String>,
     /// Plugin name and why its new version was rejected.
     pub failed: Vec<(String, String)>,
 }

@@ -91,7 +91,7 @@ fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> 
         .filter(|r| r.listener == listener)
         .filter_map(|r| {
             let Some(plugin) = runtime.plugin(&r.plugin) else {
-                tracing::warn!(route = %r.path, plugin = %r.plugin, "route skipped: plugin not loaded (restart to load new plugins)");
+                tracing::warn!(route = %r.path, plugin = %r.plugin, "route skipped: its plugin is not loaded");
                 return None;
             };
             Some(Route {
