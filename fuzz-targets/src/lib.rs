@@ -9,9 +9,6 @@
 //!
 //! [`TARGETS`] lists them by name; a new target needs a body here, an entry in [`TARGETS`], a
 //! `fuzz/fuzz_targets/<name>.rs` with its `[[bin]]` in `fuzz/Cargo.toml`, and a seed corpus.
-//!
-//! Slots not filled yet (add them here and in `fuzz/` when the code exists):
-//! - `twilio_signature`: the Twilio request signature check (URL, form parameters, header).
 
 /// A target body: takes one input, panics only on a bug.
 pub type Body = fn(&[u8]);
@@ -37,6 +34,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("file_sniff", file_sniff),
     #[cfg(feature = "daemon")]
     ("websocket_frame_guard", websocket_frame_guard),
+    #[cfg(feature = "daemon")]
+    ("twilio_signature", twilio_signature),
 ];
 
 /// A WebSocket text frame reaches a plugin only as UTF-8 (the daemon refuses other text).
@@ -235,4 +234,27 @@ pub fn websocket_frame_guard(data: &[u8]) {
         }
         _ => panic!("verdicts differ: whole {whole:?}, in reads {verdict:?}"),
     }
+}
+
+/// A Twilio webhook as a client could send it: the bytes split into a URL, form parameters
+/// (`k=v&...`) and an `X-Twilio-Signature` header, each checked by `auth_twilio`. Properties:
+/// never a panic; a signature computed by `signature` always verifies; a header that is not
+/// that signature (nor the one for the other port form) never does.
+#[cfg(feature = "daemon")]
+pub fn twilio_signature(data: &[u8]) {
+    use gatewayd::auth_twilio::{signature, verify, verify_body};
+    let raw = String::from_utf8_lossy(data);
+    let mut parts = raw.splitn(3, '\n');
+    let (url, form, header) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let params: Vec<(String, String)> = form
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let token = "fuzz-auth-token";
+    let _ = verify(token, url, &params, header);
+    let _ = verify_body(token, url, form.as_bytes(), header);
+    let good = signature(token, url, &params);
+    assert!(verify(token, url, &params, &good), "a computed signature verifies: {url:?}");
+    assert!(!verify("another-token", url, &params, &good), "another token's signature never verifies");
 }

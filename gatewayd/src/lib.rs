@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod auth_signing;
+pub mod auth_twilio;
 pub mod bus;
 pub mod cli;
 pub mod config;
