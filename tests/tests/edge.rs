@@ -6,7 +6,7 @@
 //! and far above allocator noise.
 
 use anyhow::{Context, Result, bail};
-use gatewayd_e2e::{Daemon, DaemonOptions};
+use gatewayd_e2e::{Daemon, DaemonOptions, PATIENCE};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -307,6 +307,14 @@ async fn clients_that_never_read_are_dropped_when_their_queue_holds_send_queue_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_per_address_and_listener_caps_are_refused_with_503() {
     let d = daemon("max_connections = 30\nmax_connections_per_ip = 10\nheader_timeout_ms = 60000").await;
+    // The harness's readiness probe was a connection too: wait until the daemon has seen it
+    // close, so the counts below start from zero.
+    let open = "gatewayd_edge_open_connections{listener=\"main\"}";
+    let start = Instant::now();
+    while metric(&d, open).await > 0.0 {
+        assert!(start.elapsed() < PATIENCE, "the readiness probe's connection never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut held = Vec::new();
     for _ in 0..10 {
         held.push(connect_from("127.0.0.1", d.addr).await.unwrap());

@@ -124,38 +124,31 @@ codegen-units = 4
     )
 }
 
-fn sdk_manifest() -> String {
+/// The manifest of an SDK crate written beside the plugin; `extra` adds dependency lines.
+fn sdk_crate_manifest(name: &str, description: &str, extra: &str) -> String {
     format!(
         r#"[package]
-name = "gatewayd-plugin"
-description = "Guest SDK for gatewayd plugins: WIT bindings plus typed helpers (written by `gatewayd plugin new`)."
+name = "{name}"
+description = "{description} (written by `gatewayd plugin new`)."
 version = "{SDK_VERSION}"
 edition = "2024"
 license = "Apache-2.0"
 
 [dependencies]
-wit-bindgen = {WIT_BINDGEN}
-serde = {SERDE}
+{extra}serde = {SERDE}
 serde_json = {SERDE_JSON}
 "#
     )
 }
 
-fn ivr_protocol_manifest() -> String {
-    format!(
-        r#"[package]
-name = "gatewayd-ivr-protocol"
-description = "The ivr.md wire protocol for IVR plugins (written by `gatewayd plugin new`)."
-version = "{SDK_VERSION}"
-edition = "2024"
-license = "Apache-2.0"
+fn sdk_manifest() -> String {
+    let description = "Guest SDK for gatewayd plugins: WIT bindings plus typed helpers";
+    sdk_crate_manifest("gatewayd-plugin", description, &format!("wit-bindgen = {WIT_BINDGEN}\n"))
+}
 
-[dependencies]
-gatewayd-plugin = {{ path = "../gatewayd-plugin" }}
-serde = {SERDE}
-serde_json = {SERDE_JSON}
-"#
-    )
+fn ivr_protocol_manifest() -> String {
+    let description = "The ivr.md wire protocol for IVR plugins";
+    sdk_crate_manifest("gatewayd-ivr-protocol", description, "gatewayd-plugin = { path = \"../gatewayd-plugin\" }\n")
 }
 
 /// The template's source, its header naming the new plugin.
