@@ -826,7 +826,9 @@ async fn seats_are_resumed_only_by_their_agent(db: Db) {
     let mut outsider = ws(&d, "outsider").await;
     expect_error(&mut outsider, claim.clone(), "INVALID_TOKEN").await;
     // An outsider that re-authenticates with a forged or foreign token gets nowhere either.
-    expect_error(&mut outsider, json!({"type": "auth", "token": token_with(&json!({"user_id": user_of("alpha"), "exp": jsonwebtoken::get_current_timestamp() + 60}), "another-secret-0123456789")}), "INVALID_TOKEN").await;
+    let exp = jsonwebtoken::get_current_timestamp() + 60;
+    let forged = token_with(&json!({"user_id": user_of("alpha"), "exp": exp}), "another-secret-0123456789");
+    expect_error(&mut outsider, json!({"type": "auth", "token": forged}), "INVALID_TOKEN").await;
     expect_error(&mut outsider, claim.clone(), "INVALID_TOKEN").await;
     b.expect_silence(Duration::from_millis(200)).await.unwrap();
     let list = participants(&d, &room).await;
