@@ -1,6 +1,10 @@
 //! Rooms load (`rooms.md`): many rooms of several participants relaying ICE candidates.
 //!
 //! Set-up: `rooms` rooms are created over REST; `participants` WebSocket clients join each.
+//! Rooms belong to a business and every client is an agent of it: the daemon needs the
+//! tenants `--print-tenants` prints (`gatewayd tenant import`), and the rooms plugin a
+//! `message_rate_per_sec` above the per-connection relay rate (`loadtool/scripts/rooms.sh`
+//! sets both).
 //! Load: in every room the participants take turns sending a `webrtc:ice-candidate` addressed
 //! to the next participant (a ring); the relay latency runs from the send (its *scheduled*
 //! time with `--rate`, so falling behind shows, no coordinated omission) to its arrival at the
@@ -33,6 +37,34 @@ pub struct RoomsArgs {
     /// Seconds of measured load (after a one-second warm-up).
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Print the tenants document the run needs and exit: business `load`, agent
+    /// `load-admin` (user 1, creates the rooms) and agent `load-<i>-<k>` (user
+    /// [`user_of`]`(i, k)`) for participant `k` of room `i`.
+    #[arg(long)]
+    print_tenants: bool,
+}
+
+/// The token `user_id` of participant `k` of room `i`.
+fn user_of(a: &RoomsArgs, i: usize, k: usize) -> usize {
+    100_000 + i * a.participants + k
+}
+
+/// A day-long token of `user_id`.
+fn token_of(a: &RoomsArgs, user_id: usize) -> String {
+    let claims = json!({"user_id": user_id, "exp": jsonwebtoken::get_current_timestamp() + 24 * 3600});
+    gatewayd_e2e::token_with(&claims, &a.secret)
+}
+
+/// The tenants of [`RoomsArgs::print_tenants`].
+fn tenants(a: &RoomsArgs) -> serde_json::Value {
+    let mut agents = vec![json!({"id": "load-admin", "user_id": 1})];
+    for i in 0..a.rooms {
+        for k in 0..a.participants {
+            agents.push(json!({"id": format!("load-{i}-{k}"), "user_id": user_of(a, i, k)}));
+        }
+    }
+    let memberships: Vec<_> = agents.iter().map(|g| json!({"agent_id": g["id"], "business_id": "load"})).collect();
+    json!({"businesses": [{"id": "load", "name": "load test"}], "agents": agents, "memberships": memberships})
 }
 
 /// One room's connected participants: (client, participant id).
@@ -47,7 +79,7 @@ async fn set_up_room(a: &RoomsArgs, token: &str, i: usize) -> anyhow::Result<Roo
     let room = created.body["id"].as_str().context("room id")?.to_string();
     let mut members: Vec<(Client, String)> = Vec::with_capacity(a.participants);
     for k in 0..a.participants {
-        let mut c = Client::connect(&format!("ws://{}/ws", a.addr)).await?;
+        let mut c = Client::connect(&format!("ws://{}/ws?token={}", a.addr, token_of(a, user_of(a, i, k)))).await?;
         c.send_json(&json!({"type": "room:join", "roomId": room, "agentId": format!("load-{i}-{k}")})).await?;
         let joined = c.recv_json().await?;
         let pid = joined["participantId"].as_str().with_context(|| format!("room {i}: {joined}"))?.to_string();
@@ -67,8 +99,11 @@ pub async fn run(a: RoomsArgs) -> anyhow::Result<()> {
     if a.participants < 2 {
         bail!("--participants must be at least 2");
     }
-    let claims = json!({"user_id": 1, "exp": jsonwebtoken::get_current_timestamp() + 24 * 3600});
-    let token = gatewayd_e2e::token_with(&claims, &a.secret);
+    if a.print_tenants {
+        println!("{}", tenants(&a));
+        return Ok(());
+    }
+    let token = token_of(&a, 1);
     let started = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     let mut setups = Vec::new();

@@ -199,7 +199,29 @@ pub mod timers {
 /// SQL on the daemon's database (`gatewayd:plugin/store`); placeholders are `$1`, `$2`, ...
 pub mod store {
     use super::SqlValue;
-    pub use super::gatewayd::plugin::store::{execute, query};
+    pub use super::gatewayd::plugin::store::{BatchError, Statement, StatementResult, batch, execute, query};
+
+    /// Run `statements` (SQL text and its parameters) as one transaction on the daemon's
+    /// writer: either every statement is committed and each one's result comes back in order,
+    /// or nothing is kept and the error names the 0-based index of the statement that failed.
+    /// Needs `store = "read-write"`; at most 64 statements. See the WIT's `store.batch`.
+    ///
+    /// ```text
+    /// // Take a seat only while the room has one free, atomically on both backends:
+    /// let done = store::transaction(vec![
+    ///     ("UPDATE rooms SET updated_at = updated_at WHERE id = $1", vec![room.clone()]),
+    ///     ("INSERT INTO seats (room_id, who) SELECT $1, $2 WHERE \
+    ///       (SELECT COUNT(*) FROM seats WHERE room_id = $1) < $3", vec![room, who, max]),
+    /// ])?;
+    /// let seated = done[1].affected == 1;
+    /// ```
+    pub fn transaction<S: Into<String>>(
+        statements: impl IntoIterator<Item = (S, Vec<SqlValue>)>,
+    ) -> Result<Vec<StatementResult>, BatchError> {
+        let statements: Vec<Statement> =
+            statements.into_iter().map(|(sql, params)| Statement { sql: sql.into(), params }).collect();
+        batch(&statements)
+    }
 
     /// The value as text, when it is text.
     pub fn text(v: &SqlValue) -> Option<&str> {

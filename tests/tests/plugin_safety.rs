@@ -1,7 +1,7 @@
 //! A hostile plugin (issue #15): the fault-test plugin runs whatever SQL and token requests a
-//! client sends it (`sql-query:`, `sql-execute:`, `issue:`, `verify:`), standing in for a
-//! plugin that tries every bypass of its capabilities. Each bypass must be refused by the
-//! database or the host, on SQLite and on PostgreSQL, and nothing may change.
+//! client sends it (`sql-query:`, `sql-execute:`, `sql-batch:`, `issue:`, `verify:`), standing
+//! in for a plugin that tries every bypass of its capabilities. Each bypass must be refused by
+//! the database or the host, on SQLite and on PostgreSQL, and nothing may change.
 
 use gatewayd_e2e::*;
 
@@ -69,8 +69,47 @@ async fn read_capability_is_enforced(db: Db) {
             assert!(refused || (expected.ends_with(':') && reply.starts_with(expected)), "{command} -> {reply}");
         }
     }
+    // store.batch needs read-write: refused before anything runs, even a first harmless read.
+    let reply = ask(&mut c, "sql-batch:SELECT 1\n---\nDELETE FROM businesses").await;
+    assert!(reply.starts_with("batch-error:0:forbidden"), "{reply}");
     assert_eq!(businesses(&d), 2, "nothing was deleted");
     assert!(!std::path::Path::new("/tmp/gatewayd-hostile.db").exists());
+}
+
+/// `store.batch` checks every statement as `execute` does before any runs, and commits all of
+/// them or none.
+async fn batches_are_checked_and_atomic(db: Db) {
+    let d = daemon(db, r#"store = "read-write""#, "").await;
+    let mut c = Client::connect(&d.ws_url("/ws/faults/")).await.unwrap();
+    let add = |id: &str| format!("INSERT INTO businesses (id) VALUES ('{id}')");
+    for (statements, expected) in [
+        (vec![add("b-3"), "/**/COMMIT".into()], "batch-error:1:forbidden"),
+        (vec![add("b-3"), "SELECT 1; DELETE FROM businesses".into()], "batch-error:1:one_statement"),
+        (vec![add("b-3"), "PRAGMA query_only = OFF".into()], "batch-error:1:forbidden"),
+        // The database refuses statement 1 (b-1 exists): statement 0 is rolled back.
+        (vec![add("b-3"), add("b-1")], "batch-error:1:"),
+        (vec![add("b-3"); 65], "batch-error:64:too_many"),
+    ] {
+        let reply = ask(&mut c, &format!("sql-batch:{}", statements.join("\n---\n"))).await;
+        assert!(reply.starts_with(expected), "{statements:?} -> {reply}");
+        assert_eq!(businesses(&d), 2, "{statements:?} kept something");
+    }
+    let reply =
+        ask(&mut c, &format!("sql-batch:{}\n---\n{}\n---\nSELECT COUNT(*) FROM businesses", add("b-3"), add("b-4")))
+            .await;
+    // Each insert changed one row; the count inside the transaction sees both.
+    assert!(reply.starts_with("results:[1, 1, ") && reply.ends_with("Integer(4)]])"), "{reply}");
+    assert_eq!(businesses(&d), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_checked_and_atomic_on_sqlite() {
+    batches_are_checked_and_atomic(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_checked_and_atomic_on_postgres() {
+    batches_are_checked_and_atomic(Db::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

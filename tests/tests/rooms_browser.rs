@@ -185,6 +185,20 @@ async fn serve_page() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_connect_through_a_room() {
     let d = Daemon::start(DaemonOptions::default()).await.expect("daemon starts");
+    // Rooms belong to a business: the creator (user 1) and the two browsers' agents (users 2
+    // and 3) are agents of one.
+    let tenants = json!({
+        "businesses": [{"id": "acme"}],
+        "agents": [{"id": "creator", "user_id": 1}, {"id": "alpha", "user_id": 2}, {"id": "beta", "user_id": 3}],
+        "memberships": [
+            {"agent_id": "creator", "business_id": "acme"},
+            {"agent_id": "alpha", "business_id": "acme"},
+            {"agent_id": "beta", "business_id": "acme"},
+        ],
+    });
+    let file = d.dir.path().join("tenants.json");
+    std::fs::write(&file, tenants.to_string()).unwrap();
+    d.cli(&["tenant", "import", file.to_str().unwrap()]).expect("tenant import");
     let created = http_request(
         d.rooms_addr,
         "POST",
@@ -197,7 +211,8 @@ async fn two_browsers_connect_through_a_room() {
     assert_eq!(created.status, 201);
     let room = created.body["id"].as_str().unwrap().to_string();
     let page_url = format!("http://{}/rooms.html", serve_page().await);
-    let ws_url = format!("ws://{}/ws", d.rooms_addr);
+    // Each page connects with its agent's token (`?token=`, as a browser can).
+    let ws_url = |user: u64| format!("ws://{}/ws?token={}", d.rooms_addr, agent_token(json!(user)));
 
     let driver = Driver::start().await;
     let profiles = tempdir::TempDir::new("gatewayd-chromium");
@@ -207,9 +222,9 @@ async fn two_browsers_connect_through_a_room() {
         p.goto(&page_url).await;
     }
 
-    alpha.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url, room, "alpha"])).await;
+    alpha.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url(2), room, "alpha"])).await;
     let ja = alpha.wait_event("room:joined", |e| e["type"] == "room:joined").await;
-    beta.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url, room, "beta"])).await;
+    beta.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url(3), room, "beta"])).await;
     let jb = beta.wait_event("room:joined", |e| e["type"] == "room:joined").await;
     let (pa, pb) = (ja["participantId"].clone(), jb["participantId"].clone());
 

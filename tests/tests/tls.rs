@@ -178,7 +178,11 @@ async fn https_and_wss_end_to_end() {
     let r = http_request_over(tls, &d.addr.to_string(), "GET", "/healthz", None, None).await.unwrap();
     assert_eq!((r.status, r.body.clone()), (200, json!({"status": "ok"})));
 
-    // A plugin HTTP route (rooms REST) over https: create a room, read it back.
+    // A plugin HTTP route (rooms REST) over https: create a room, read it back (as user 900,
+    // an agent of a business: rooms belong to one).
+    d.cli(&["tenant", "add-business", "b-tls"]).unwrap();
+    d.cli(&["tenant", "add-agent", "agent-900", "--user-id", "900"]).unwrap();
+    d.cli(&["tenant", "add-membership", "--agent", "agent-900", "--business", "b-tls"]).unwrap();
     let token = agent_token(json!(900));
     let body = json!({"name": "tls room"});
     let host = d.addr.to_string();

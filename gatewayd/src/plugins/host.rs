@@ -242,7 +242,48 @@ impl store::Host for HostState {
         let (db, access) = self.database(&sql)?;
         db.execute(&sql, params.into_iter().map(from_wit).collect(), access).await.map_err(|e| e.to_string())
     }
+
+    /// Every statement passes [`HostState::database`]'s checks and the plugin needs
+    /// read-write access, before anything runs; then the writer runs them as one transaction.
+    async fn batch(
+        &mut self,
+        statements: Vec<store::Statement>,
+    ) -> Result<Vec<store::StatementResult>, store::BatchError> {
+        let refuse = |index: usize, message: String| store::BatchError { index: index as u32, message };
+        if statements.len() > MAX_BATCH_STATEMENTS {
+            return Err(refuse(
+                MAX_BATCH_STATEMENTS,
+                format!("too_many: a batch holds at most {MAX_BATCH_STATEMENTS} statements, not {}", statements.len()),
+            ));
+        }
+        let mut db = None;
+        for (i, s) in statements.iter().enumerate() {
+            let (store, access) = self.database(&s.sql).map_err(|e| refuse(i, e))?;
+            if access != Access::ReadWrite {
+                return Err(refuse(
+                    i,
+                    format!("forbidden: plugin `{}` has store = \"read\"; a batch needs \"read-write\"", self.name),
+                ));
+            }
+            db = Some(store);
+        }
+        let Some(db) = db else { return Ok(Vec::new()) };
+        let statements =
+            statements.into_iter().map(|s| (s.sql, s.params.into_iter().map(from_wit).collect())).collect();
+        let outcomes = db.execute_in_transaction(statements).await.map_err(|(i, e)| refuse(i, e.to_string()))?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| store::StatementResult {
+                rows: o.rows.into_iter().map(|r| r.into_iter().map(to_wit).collect()).collect(),
+                affected: o.affected,
+            })
+            .collect())
+    }
 }
+
+/// Statements in one `store.batch`, at most (`too_many` beyond): a batch holds the writer (on
+/// SQLite, the database's only writer) until it commits.
+const MAX_BATCH_STATEMENTS: usize = 64;
 
 impl HostState {
     /// The database and what this plugin's `store` capability allows, if `sql` may be run for

@@ -322,13 +322,15 @@ impl Store {
         bind(sqlx::query(sql).persistent(may_cache(self.backend, params)), params)
     }
 
-    /// Run statements in one transaction on the writer; the first failure rolls all of them
-    /// back and is returned with the index of the failing statement.
+    /// Run statements in one transaction on the writer (SQLite `BEGIN IMMEDIATE`; PostgreSQL
+    /// `BEGIN`, READ COMMITTED); returns each statement's rows and changed-row count after the
+    /// commit. The first failure rolls all of them back and is returned with the index of the
+    /// failing statement (0-based).
     pub async fn execute_in_transaction(
         &self,
         statements: Vec<(String, Vec<Value>)>,
-    ) -> Result<(), (usize, StoreError)> {
-        self.writer.transaction(statements).await.map(|_| ()).map_err(|(i, e)| (i, self.error(e)))
+    ) -> Result<Vec<writer::Outcome>, (usize, StoreError)> {
+        self.writer.transaction(statements).await.map_err(|(i, e)| (i, self.error(e)))
     }
 
     pub async fn close(&self) {

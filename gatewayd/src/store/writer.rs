@@ -520,6 +520,96 @@ mod tests {
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     }
 
+    /// A transaction returns each statement's rows and count; a failing statement rolls back
+    /// the ones before it and is named by its index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transactions_commit_together_on_sqlite() {
+        let dir = std::env::temp_dir().join(format!("gatewayd-tx-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::connect("sqlite://tx.db", &dir, 2, None).await.unwrap();
+        transactions_commit_together(store).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same on PostgreSQL, where several writer tasks run transactions in parallel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transactions_commit_together_on_postgres() {
+        let (mut admin, name, url) = postgres_database("tx").await;
+        let store = Store::connect(&url, &std::env::temp_dir(), 8, None).await.unwrap();
+        transactions_commit_together(store).await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    }
+
+    async fn transactions_commit_together(store: Store) {
+        let rw = Access::ReadWrite;
+        store.execute("CREATE TABLE rooms (id BIGINT PRIMARY KEY, touched BIGINT NOT NULL)", vec![], rw).await.unwrap();
+        store.execute("CREATE TABLE seats (room BIGINT NOT NULL, who BIGINT NOT NULL)", vec![], rw).await.unwrap();
+        store.execute("INSERT INTO rooms (id, touched) VALUES (1, 0), (2, 0)", vec![], rw).await.unwrap();
+        let text = |s: &str| s.to_string();
+        let done = store
+            .execute_in_transaction(vec![
+                (
+                    text("INSERT INTO seats (room, who) VALUES ($1, $2), ($1, $3)"),
+                    vec![Value::Integer(2), Value::Integer(7), Value::Integer(8)],
+                ),
+                (text("SELECT who FROM seats WHERE room = $1 ORDER BY who"), vec![Value::Integer(2)]),
+                (
+                    text("UPDATE rooms SET touched = touched + 1 WHERE id = $1 RETURNING touched"),
+                    vec![Value::Integer(2)],
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(done.len(), 3);
+        assert_eq!(done[0].affected, 2);
+        assert_eq!(done[1].rows, vec![vec![Value::Integer(7)], vec![Value::Integer(8)]], "sees the earlier statement");
+        assert_eq!((done[2].affected, &done[2].rows), (1, &vec![vec![Value::Integer(1)]]));
+        // A failure at statement 1 undoes statement 0.
+        let (index, e) = store
+            .execute_in_transaction(vec![
+                (text("INSERT INTO seats (room, who) VALUES (2, 9)"), vec![]),
+                (text("INSERT INTO nowhere (x) VALUES (1)"), vec![]),
+            ])
+            .await
+            .unwrap_err();
+        assert_eq!(index, 1, "{e}");
+        let count = store.query("SELECT COUNT(*) FROM seats", vec![], rw).await.unwrap();
+        assert_eq!(count, vec![vec![Value::Integer(2)]]);
+
+        // The rooms pattern: lock the room's row, then insert only below capacity. Many at
+        // once fill room 1 exactly to its 3 seats on both backends (on PostgreSQL, READ
+        // COMMITTED: after the lock, the count sees every seat committed before).
+        let tasks: Vec<_> = (0..40i64)
+            .map(|who| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .execute_in_transaction(vec![
+                            (text("UPDATE rooms SET touched = touched WHERE id = $1"), vec![Value::Integer(1)]),
+                            (
+                                text(
+                                    "INSERT INTO seats (room, who) SELECT $1, $2 \
+                                     WHERE (SELECT COUNT(*) FROM seats WHERE room = $1) < $3",
+                                ),
+                                vec![Value::Integer(1), Value::Integer(who), Value::Integer(3)],
+                            ),
+                        ])
+                        .await
+                        .map(|done| done[1].affected)
+                        .map_err(|(i, e)| format!("{i}: {e}"))
+                })
+            })
+            .collect();
+        let mut seated = 0;
+        for t in tasks {
+            seated += t.await.unwrap().unwrap();
+        }
+        assert_eq!(seated, 3);
+        let count = store.query("SELECT COUNT(*) FROM seats WHERE room = 1", vec![], rw).await.unwrap();
+        assert_eq!(count, vec![vec![Value::Integer(3)]]);
+        store.close().await;
+    }
+
     async fn a_failing_write_fails_alone(store: Store) {
         store
             .execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v TEXT NOT NULL)", vec![], Access::ReadWrite)

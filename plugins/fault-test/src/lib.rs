@@ -9,6 +9,9 @@
 //! - `sql-query:<sql>` / `sql-execute:<sql>`: runs `<sql>` with `store.query` / `store.execute`
 //!   and replies `rows:<debug of the rows>` / `affected:<n>`, or `store-error:<why>` (the
 //!   hostile-plugin tests: whatever a plugin may try with its capability);
+//! - `sql-batch:<sql>` with statements separated by lines `---`: runs them with `store.batch`
+//!   and replies `results:<affected counts>:<rows of the last statement>` or
+//!   `batch-error:<index>:<why>`;
 //! - `issue:<ttl-secs>:<claims JSON>`: `auth.issue`; replies `token:<jwt>` or `issue-error:<why>`;
 //! - `verify:<jwt>`: `auth.verify`; replies `claims:<JSON>` or `verify-error:<why>`;
 //! - `version`: replies `version:1`, or `version:2` when built with the `v2` feature (a second
@@ -86,6 +89,13 @@ fn hostile(text: &str) -> Option<String> {
         "sql-execute" => match store::execute(arg, &[]) {
             Ok(n) => format!("affected:{n}"),
             Err(e) => format!("store-error:{e}"),
+        },
+        "sql-batch" => match store::transaction(arg.split("\n---\n").map(|sql| (sql, vec![]))) {
+            Ok(results) => {
+                let affected: Vec<u64> = results.iter().map(|r| r.affected).collect();
+                format!("results:{affected:?}:{:?}", results.last().map(|r| &r.rows))
+            }
+            Err(e) => format!("batch-error:{}:{}", e.index, e.message),
         },
         "issue" => {
             let (ttl, claims) = arg.split_once(':')?;

@@ -32,18 +32,30 @@ pub const SESSION_NOT_FOUND: &str = "SESSION_NOT_FOUND";
 pub const NOT_FOUND: &str = "NOT_FOUND";
 /// Added: unknown REST endpoint method (405).
 pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
+/// Added: the caller's agent may not do this: `business_id` of `POST /rooms` is not one of its
+/// businesses, or `agent_id` of `POST /rooms/:id/participants` is no agent of the room's
+/// business (403).
+pub const FORBIDDEN: &str = "FORBIDDEN";
+/// Added: the connection sent more messages than `[plugins.rooms.config]`
+/// `message_rate_per_sec` / `message_burst` allow; the message was dropped (WebSocket only;
+/// 429 as a status).
+pub const RATE_LIMITED: &str = "RATE_LIMITED";
 /// Added: the database failed (500).
 pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
 
 /// A protocol error: code, HTTP status and a human-readable message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
+    /// One of the codes above.
     pub code: &'static str,
+    /// The HTTP status of the REST form (the WebSocket form has none).
     pub status: u16,
+    /// Human-readable text; never holds a token.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error with `code`, REST `status` and `message`.
     pub fn new(code: &'static str, status: u16, message: impl Into<String>) -> ApiError {
         ApiError { code, status, message: message.into() }
     }

@@ -5,13 +5,17 @@
 //! - WebSocket ([`ws`]): `auth`, `room:join` / `room:leave`, relayed `webrtc:*` messages,
 //!   `room:mute`, and the added `room:stats` report.
 //! - State machines ([`lifecycle`]) over durable rows in the daemon's database ([`model`]).
+//! - Authorization ([`access`]): every room belongs to a business; only its agents reach it.
+//! - Bounds ([`limits`]): id/name/display-string lengths and a per-connection message rate.
 //!
 //! Routing is by bus address: a connection in a room is bound to `room/<room>` and to
 //! `room/<room>/participant/<participant>`. Where the spec is silent this plugin answers as
 //! `docs/protocols/rooms.md` documents.
 
+pub mod access;
 pub mod errors;
 pub mod lifecycle;
+pub mod limits;
 pub mod model;
 pub mod rest;
 pub mod ws;
@@ -22,7 +26,7 @@ struct Rooms;
 
 impl Protocol for Rooms {
     fn init() -> Result<(), String> {
-        gatewayd_plugin::config::load::<lifecycle::Config>().map(|_| ())
+        lifecycle::Config::load_checked().map(|_| ())
     }
 
     fn on_open(info: ConnectInfo) {

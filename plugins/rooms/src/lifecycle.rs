@@ -10,7 +10,8 @@
 //! `closed` (terminal, with a `room:closed` event).
 
 use crate::errors::{self, ApiError};
-use crate::model::{self, Participant, participant_status, room_status, session_status};
+use crate::limits::{Bounds, Rate};
+use crate::model::{self, Participant, Room, participant_status, room_status, session_status};
 use gatewayd_plugin::{ConnectionId, conn, kv, timers};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,11 +25,39 @@ pub struct Config {
     pub connection_timeout_secs: u32,
     /// Seconds a `disconnected` participant may take to rejoin and resume; then it has left.
     pub reconnect_grace_secs: u32,
+    /// WebSocket messages per second a connection may send, sustained (> 0; fractions allowed).
+    pub message_rate_per_sec: f64,
+    /// WebSocket messages a connection may send at once beyond the rate (>= 1).
+    pub message_burst: u32,
+    /// Refused (over-rate) messages, decaying at a tenth of the rate, after which the
+    /// connection is closed with 1008; 0 = never close.
+    pub max_refused_messages: u32,
+    /// Longest id a client may send, in bytes (see [`Bounds`]).
+    pub max_id_len: usize,
+    /// Longest room `name`, in characters.
+    pub max_name_chars: usize,
+    /// Longest `metadata.display_name`, in characters.
+    pub max_display_name_chars: usize,
+    /// Largest participant `metadata`, serialized, in bytes.
+    pub max_metadata_bytes: usize,
+    /// Largest room `settings`, serialized, in bytes.
+    pub max_settings_bytes: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { connection_timeout_secs: 30, reconnect_grace_secs: 30 }
+        Config {
+            connection_timeout_secs: 30,
+            reconnect_grace_secs: 30,
+            message_rate_per_sec: 20.0,
+            message_burst: 60,
+            max_refused_messages: 100,
+            max_id_len: 128,
+            max_name_chars: 200,
+            max_display_name_chars: 128,
+            max_metadata_bytes: 4096,
+            max_settings_bytes: 8192,
+        }
     }
 }
 
@@ -36,6 +65,48 @@ impl Config {
     /// The plugin's config (defaults when unreadable; `init` has validated it).
     pub fn get() -> Config {
         gatewayd_plugin::config::load().unwrap_or_default()
+    }
+
+    /// Load and check the config (at `init`: an error rejects the plugin version).
+    pub fn load_checked() -> Result<Config, String> {
+        let c: Config = gatewayd_plugin::config::load()?;
+        if !(c.message_rate_per_sec.is_finite() && c.message_rate_per_sec > 0.0) {
+            return Err("rooms: `message_rate_per_sec` must be a positive number".into());
+        }
+        if c.message_burst == 0 {
+            return Err("rooms: `message_burst` must be at least 1".into());
+        }
+        let sizes = [
+            ("max_id_len", c.max_id_len),
+            ("max_name_chars", c.max_name_chars),
+            ("max_display_name_chars", c.max_display_name_chars),
+            ("max_metadata_bytes", c.max_metadata_bytes),
+            ("max_settings_bytes", c.max_settings_bytes),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("rooms: `{name}` must be at least 1"));
+        }
+        Ok(c)
+    }
+
+    /// The message rate of a connection.
+    pub fn rate(&self) -> Rate {
+        Rate {
+            per_sec: self.message_rate_per_sec,
+            burst: f64::from(self.message_burst),
+            max_refused: f64::from(self.max_refused_messages),
+        }
+    }
+
+    /// The length bounds.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_id_len: self.max_id_len,
+            max_name_chars: self.max_name_chars,
+            max_display_name_chars: self.max_display_name_chars,
+            max_metadata_bytes: self.max_metadata_bytes,
+            max_settings_bytes: self.max_settings_bytes,
+        }
     }
 }
 
@@ -65,10 +136,15 @@ pub fn participant_summary(p: &Participant) -> Value {
     json!({"id": p.id, "agentId": p.agent_id, "display_name": p.display_name(), "status": p.status})
 }
 
-/// What a join asks for.
+/// What a join asks for. The caller has checked that `agent_id` may use `room` (see
+/// [`crate::access`]).
 pub struct JoinRequest<'a> {
-    pub room_id: &'a str,
+    /// The room, as read by the authorization check.
+    pub room: &'a Room,
+    /// The agent (`agents.id`) the seat belongs to: only a connection authenticated as this
+    /// agent resumes it.
     pub agent_id: &'a str,
+    /// Free-form participant metadata (bounded by the caller).
     pub metadata: Value,
     /// The WebSocket joining, or `None` for `POST /rooms/:id/participants`.
     pub connection: Option<ConnectionId>,
@@ -81,7 +157,7 @@ pub struct JoinRequest<'a> {
 /// Errors: `ROOM_NOT_FOUND`, `ROOM_CLOSED`, `ALREADY_JOINED` (the agent's participant is held by
 /// a connection, or exists at all for a REST join), `ROOM_FULL`.
 pub fn join(req: JoinRequest<'_>) -> Result<Participant, ApiError> {
-    let room = model::require_room(req.room_id)?;
+    let room = req.room;
     if room.status == room_status::CLOSED {
         return Err(ApiError::new(errors::ROOM_CLOSED, 409, format!("room {} is closed", room.id)));
     }
@@ -112,7 +188,7 @@ pub fn join(req: JoinRequest<'_>) -> Result<Participant, ApiError> {
                 session_id: model::new_id(),
                 joined_at: model::now(),
             };
-            if !model::insert_participant(&p, room.max_participants())? {
+            if !model::insert_participant(&p, room.business_id.as_deref(), room.max_participants())? {
                 return Err(ApiError::new(
                     errors::ROOM_FULL,
                     409,
@@ -301,10 +377,9 @@ pub fn announce_closed(room_id: &str) {
     );
 }
 
-/// `DELETE /rooms/:id`: every live participant's stay ends (`room:closed` with reason
+/// `DELETE /rooms/:id` (the caller has checked access): every live participant's stay ends (`room:closed` with reason
 /// `room_deleted` to the room first), then the room and its participants are deleted.
-pub fn delete_room(room_id: &str) -> Result<(), ApiError> {
-    let room = model::require_room(room_id)?;
+pub fn delete_room(room: &Room) -> Result<(), ApiError> {
     conn::send_json_to(
         &room_address(&room.id),
         &json!({"type": "room:closed", "roomId": room.id, "reason": "room_deleted"}),

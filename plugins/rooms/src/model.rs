@@ -1,8 +1,10 @@
-//! Durable state of the rooms protocol in the daemon's database (`store`, migration
-//! `0003_rooms.sql`): rooms, participants and sessions (one per participant stay).
+//! Durable state of the rooms protocol in the daemon's database (`store`, migrations
+//! `0003_rooms.sql` and `0006_rooms_business.sql`): rooms (each of a business), participants
+//! and sessions (one per participant stay).
 //!
 //! Every function is one or two parameterised statements with `$n` placeholders, valid on both
-//! SQLite and PostgreSQL. Errors are the store's text, turned into `INTERNAL_ERROR` by callers.
+//! SQLite and PostgreSQL, or one `store.batch` where statements must commit together. Errors
+//! are the store's text, turned into `INTERNAL_ERROR` by callers.
 
 use crate::errors::ApiError;
 use gatewayd_plugin::{SqlValue, store};
@@ -78,6 +80,13 @@ fn execute(sql: &str, params: &[SqlValue]) -> Result<u64> {
     store::execute(sql, params).map_err(ApiError::internal)
 }
 
+/// Statements as one transaction (`store.batch`); each one's changed-row count.
+fn transaction(statements: Vec<(&str, Vec<SqlValue>)>) -> Result<Vec<u64>> {
+    store::transaction(statements)
+        .map(|done| done.iter().map(|r| r.affected).collect())
+        .map_err(|e| ApiError::internal(format!("transaction rolled back at statement {}: {}", e.index, e.message)))
+}
+
 fn col_text(row: &[SqlValue], i: usize) -> String {
     row.get(i).and_then(store::text).unwrap_or_default().to_string()
 }
@@ -119,9 +128,14 @@ pub struct Room {
     pub settings: Value,
     pub created_at: String,
     pub updated_at: String,
+    /// The business the room belongs to (its creator's); `None` for a room made before rooms
+    /// had businesses that the migration could not attribute: no agent may use it.
+    pub business_id: Option<String>,
 }
 
-const ROOM_COLUMNS: &str = "id, name, status, settings, created_at, updated_at";
+const ROOM_COLUMNS: &str = "id, name, status, settings, created_at, updated_at, business_id";
+/// Columns of [`ROOM_COLUMNS`].
+const ROOM_COLUMN_COUNT: usize = 7;
 
 impl Room {
     fn from_row(row: &[SqlValue]) -> Room {
@@ -132,6 +146,7 @@ impl Room {
             settings: col_object(row, 3),
             created_at: col_text(row, 4),
             updated_at: col_text(row, 5),
+            business_id: col_opt_text(row, 6),
         }
     }
 
@@ -140,7 +155,8 @@ impl Room {
         self.settings.get("max_participants").and_then(Value::as_i64).filter(|n| *n > 0)
     }
 
-    /// The spec's room object (Create Room response); with `participants_count` as in Get Room.
+    /// The spec's room object (Create Room response) plus `business_id`; with
+    /// `participants_count` as in Get Room.
     pub fn to_json(&self, participants_count: Option<i64>) -> Value {
         let mut v = json!({
             "id": self.id,
@@ -149,6 +165,7 @@ impl Room {
             "settings": self.settings,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "business_id": self.business_id,
         });
         if let Some(n) = participants_count {
             v["participants_count"] = json!(n);
@@ -157,19 +174,20 @@ impl Room {
     }
 }
 
-/// Insert a new room (status `created`).
-pub fn insert_room(room: &Room, created_by: Option<&str>) -> Result<()> {
+/// Insert a new room (status `created`, in `room.business_id`) made by agent `created_by`.
+pub fn insert_room(room: &Room, created_by: &str) -> Result<()> {
     execute(
-        "INSERT INTO rooms (id, name, status, settings, created_by, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO rooms (id, name, status, settings, created_by, created_at, updated_at, business_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             text(&room.id),
             text(&room.name),
             text(&room.status),
             text(&room.settings.to_string()),
-            created_by.map(text).unwrap_or(SqlValue::Null),
+            text(created_by),
             text(&room.created_at),
             text(&room.updated_at),
+            text(room.business_id.as_deref().unwrap_or_default()),
         ],
     )?;
     Ok(())
@@ -179,11 +197,6 @@ pub fn insert_room(room: &Room, created_by: Option<&str>) -> Result<()> {
 pub fn get_room(id: &str) -> Result<Option<Room>> {
     let rows = query(&format!("SELECT {ROOM_COLUMNS} FROM rooms WHERE id = $1"), &[text(id)])?;
     Ok(rows.first().map(|r| Room::from_row(r)))
-}
-
-/// The room `id`, or `ROOM_NOT_FOUND`.
-pub fn require_room(id: &str) -> Result<Room> {
-    get_room(id)?.ok_or_else(|| ApiError::room_not_found(id))
 }
 
 /// Save a room's name and settings (and bump `updated_at`).
@@ -201,10 +214,12 @@ pub fn set_room_status(id: &str, status: &str) -> Result<()> {
     Ok(())
 }
 
-/// Delete a room and its participants. Sessions are kept as history.
+/// Delete a room and its participants, together. Sessions are kept as history.
 pub fn delete_room(id: &str) -> Result<()> {
-    execute("DELETE FROM room_participants WHERE room_id = $1", &[text(id)])?;
-    execute("DELETE FROM rooms WHERE id = $1", &[text(id)])?;
+    transaction(vec![
+        ("DELETE FROM room_participants WHERE room_id = $1", vec![text(id)]),
+        ("DELETE FROM rooms WHERE id = $1", vec![text(id)]),
+    ])?;
     Ok(())
 }
 
@@ -229,12 +244,14 @@ pub fn count_live_and_connected(room_id: &str) -> Result<(i64, i64)> {
     Ok((live, connected))
 }
 
-/// One page of rooms (newest first), each with its `participants_count`, and the total matching.
-pub fn list_rooms(status: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<(Room, i64)>, i64)> {
+/// One page of the rooms of agent `agent_id`'s businesses (newest first), each with its
+/// `participants_count`, and the total matching.
+pub fn list_rooms(agent_id: &str, status: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<(Room, i64)>, i64)> {
     let count_sql = format!("(SELECT COUNT(*) FROM room_participants p WHERE p.room_id = rooms.id AND p.{LIVE})");
+    let mine = "business_id IN (SELECT m.business_id FROM agent_memberships m WHERE m.agent_id = $1)";
     let (filter, mut params) = match status {
-        Some(s) => ("WHERE status = $1", vec![text(s)]),
-        None => ("", vec![]),
+        Some(s) => (format!("WHERE {mine} AND status = $2"), vec![text(agent_id), text(s)]),
+        None => (format!("WHERE {mine}"), vec![text(agent_id)]),
     };
     let total_rows = query(&format!("SELECT COUNT(*) FROM rooms {filter}"), &params)?;
     let total = total_rows.first().map(|r| col_int(r, 0)).unwrap_or(0);
@@ -249,7 +266,7 @@ pub fn list_rooms(status: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<
         ),
         &params,
     )?;
-    Ok((rows.iter().map(|r| (Room::from_row(r), col_int(r, 6))).collect(), total))
+    Ok((rows.iter().map(|r| (Room::from_row(r), col_int(r, ROOM_COLUMN_COUNT))).collect(), total))
 }
 
 /// A row of `room_participants`.
@@ -355,12 +372,21 @@ pub fn live_participants(room_id: &str) -> Result<Vec<Participant>> {
     Ok(rows.iter().map(|r| Participant::from_row(r)).collect())
 }
 
-/// Insert a new participant (status `connecting`) and its session (status `active`), unless
-/// `max` is set and the room already holds `max` live participants: then `Ok(false)`.
-/// The capacity check and the insert are one statement, and the count is checked again after
-/// the insert, so concurrent joins never overfill a room on either backend.
-pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
-    let params = vec![
+/// Insert a new participant (status `connecting`) and its session (status `active`, in
+/// `business`), unless `max` is set and the room already holds `max` live participants: then
+/// `Ok(false)` and nothing is written.
+///
+/// One transaction (`store.batch`) of three statements, atomic on both backends:
+/// 1. a no-op update of the room's row: on PostgreSQL it locks the row, so joins of one room
+///    queue here until the one before commits (on SQLite the writer's `BEGIN IMMEDIATE`
+///    already serialises every write);
+/// 2. the insert, only while fewer than `max` live participants are counted. Under READ
+///    COMMITTED each statement sees every row committed before it started, so after the lock
+///    the count includes the previous joiner: two joins racing for the last seat end with
+///    exactly one in;
+/// 3. the session, only if step 2 inserted.
+pub fn insert_participant(p: &Participant, business: Option<&str>, max: Option<i64>) -> Result<bool> {
+    let participant = vec![
         text(&p.id),
         text(&p.room_id),
         text(&p.agent_id),
@@ -371,31 +397,27 @@ pub fn insert_participant(p: &Participant, max: Option<i64>) -> Result<bool> {
         text(&p.joined_at),
         SqlValue::Integer(max.unwrap_or(i64::MAX)),
     ];
-    let inserted = execute(
-        &format!(
-            "INSERT INTO room_participants (id, room_id, agent_id, status, metadata, connection_id, session_id, joined_at) \
-             SELECT $1, $2, $3, $4, $5, NULLIF($6, -1), $7, $8 \
-             WHERE (SELECT COUNT(*) FROM room_participants WHERE room_id = $2 AND {LIVE}) < $9"
+    let insert = format!(
+        "INSERT INTO room_participants (id, room_id, agent_id, status, metadata, connection_id, session_id, joined_at) \
+         SELECT $1, $2, $3, $4, $5, NULLIF($6, -1), $7, $8 \
+         WHERE (SELECT COUNT(*) FROM room_participants WHERE room_id = $2 AND {LIVE}) < $9"
+    );
+    let affected = transaction(vec![
+        ("UPDATE rooms SET updated_at = updated_at WHERE id = $1", vec![text(&p.room_id)]),
+        (insert.as_str(), participant),
+        (
+            "INSERT INTO room_sessions (id, room_id, participant_id, start_time, status, business_id) \
+             SELECT $1, $2, $3, $4, 'active', $5 WHERE EXISTS (SELECT 1 FROM room_participants WHERE id = $3)",
+            vec![
+                text(&p.session_id),
+                text(&p.room_id),
+                text(&p.id),
+                text(&p.joined_at),
+                text(business.unwrap_or_default()),
+            ],
         ),
-        &params,
-    )?;
-    if inserted == 0 {
-        return Ok(false);
-    }
-    // Joins racing for the last seat can both pass the check on PostgreSQL (READ COMMITTED):
-    // whoever then sees the room over capacity backs out, so a room is never overfilled (in
-    // that rare race both may back out).
-    if let Some(max) = max
-        && count_live(&p.room_id)? > max
-    {
-        execute("DELETE FROM room_participants WHERE id = $1", &[text(&p.id)])?;
-        return Ok(false);
-    }
-    execute(
-        "INSERT INTO room_sessions (id, room_id, participant_id, start_time, status) VALUES ($1, $2, $3, $4, 'active')",
-        &[text(&p.session_id), text(&p.room_id), text(&p.id), text(&p.joined_at)],
-    )?;
-    Ok(true)
+    ])?;
+    Ok(affected.get(1) == Some(&1))
 }
 
 /// A connection id as a SQL parameter that is always an integer: -1 for none, turned into NULL
@@ -469,12 +491,14 @@ pub fn set_session_stats(session_id: &str, stats: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The Get Session object for `id`, if it exists. `duration` is whole seconds from start to
-/// end (to now while active); `stats` is the latest report or null.
-pub fn get_session(id: &str) -> Result<Option<Value>> {
+/// The Get Session object for `id`, if it exists and belongs to a business of agent
+/// `agent_id`. `duration` is whole seconds from start to end (to now while active); `stats` is
+/// the latest report or null.
+pub fn get_session(id: &str, agent_id: &str) -> Result<Option<Value>> {
     let rows = query(
-        "SELECT id, room_id, participant_id, start_time, end_time, status, stats, stats_at FROM room_sessions WHERE id = $1",
-        &[text(id)],
+        "SELECT id, room_id, participant_id, start_time, end_time, status, stats, stats_at FROM room_sessions \
+         WHERE id = $1 AND business_id IN (SELECT m.business_id FROM agent_memberships m WHERE m.agent_id = $2)",
+        &[text(id), text(agent_id)],
     )?;
     Ok(rows.first().map(|r| {
         let start = col_text(r, 3);

@@ -1,11 +1,14 @@
-//! The REST face (spec: REST API) under `/api/v1`. Every endpoint needs an agent JWT: a token
-//! the daemon verified (`Authorization: Bearer`, `?token=`) whose claims carry `user_id` or
-//! `agent_id`. Without a token: 401 `INVALID_TOKEN`; with a token lacking both: 403
-//! `INVALID_TOKEN`. (A token the daemon refuses is answered by the daemon: 401 `token_invalid`
-//! / `token_expired` / `token_not_accepted`.)
+//! The REST face (spec: REST API) under `/api/v1`. Every endpoint needs an agent: a token the
+//! daemon verified (`Authorization: Bearer`, `?token=`) whose `user_id` (or `sub`) is an agent
+//! with a membership ([`crate::access`]). Without a token: 401 `INVALID_TOKEN`; with a token of
+//! no agent: 403 `INVALID_TOKEN`. (A token the daemon refuses is answered by the daemon: 401
+//! `token_invalid` / `token_expired` / `token_not_accepted`.) Rooms of businesses the agent is
+//! not a member of do not exist for it (404 `ROOM_NOT_FOUND`, `SESSION_NOT_FOUND`).
 
+use crate::access::{self, Caller};
 use crate::errors::{self, ApiError};
-use crate::lifecycle::{self, JoinRequest};
+use crate::lifecycle::{self, Config, JoinRequest};
+use crate::limits::Bounds;
 use crate::model::{self, Room, room_status, session_status};
 use gatewayd_plugin::{HttpRequest, HttpResponse, http};
 use serde_json::{Map, Value, json};
@@ -35,20 +38,24 @@ fn route(req: &HttpRequest) -> Reply {
     if !known || !req.path.starts_with(BASE) {
         return Err(ApiError::new(errors::NOT_FOUND, 404, format!("no endpoint {}", req.path)));
     }
-    require_agent(req)?;
+    let caller = require_agent(req)?;
+    let bounds = Config::get().bounds();
+    for id in segments.iter().skip(1).step_by(2) {
+        bounds.id("id", id)?;
+    }
     match (method, segments.as_slice()) {
-        ("POST", ["rooms"]) => create_room(req),
-        ("GET", ["rooms"]) => list_rooms(req),
-        ("GET", ["rooms", id]) => get_room(id),
-        ("PATCH", ["rooms", id]) => update_room(req, id),
+        ("POST", ["rooms"]) => create_room(req, &caller, &bounds),
+        ("GET", ["rooms"]) => list_rooms(req, &caller),
+        ("GET", ["rooms", id]) => room_with_count(&caller.room(id)?),
+        ("PATCH", ["rooms", id]) => update_room(req, &caller.room(id)?, &bounds),
         ("DELETE", ["rooms", id]) => {
-            lifecycle::delete_room(id)?;
+            lifecycle::delete_room(&caller.room(id)?)?;
             Ok(no_content())
         }
-        ("POST", ["rooms", id, "participants"]) => join(req, id),
-        ("GET", ["rooms", id, "participants"]) => list_participants(id),
-        ("DELETE", ["rooms", id, "participants", pid]) => remove_participant(id, pid),
-        ("GET", ["sessions", id]) => match model::get_session(id)? {
+        ("POST", ["rooms", id, "participants"]) => join(req, &caller.room(id)?, &bounds),
+        ("GET", ["rooms", id, "participants"]) => list_participants(&caller.room(id)?),
+        ("DELETE", ["rooms", id, "participants", pid]) => remove_participant(&caller.room(id)?, pid),
+        ("GET", ["sessions", id]) => match model::get_session(id, &caller.agent_id)? {
             Some(s) => Ok(http::json(200, &s)),
             None => Err(ApiError::new(errors::SESSION_NOT_FOUND, 404, format!("session {id} does not exist"))),
         },
@@ -56,18 +63,12 @@ fn route(req: &HttpRequest) -> Reply {
     }
 }
 
-/// The caller's agent identity (`agent_id`, else `user_id`, as text).
-fn require_agent(req: &HttpRequest) -> Result<String, ApiError> {
+/// The calling agent, from the request's verified claims (see [`access::resolve`]).
+fn require_agent(req: &HttpRequest) -> Result<Caller, ApiError> {
     let Some(claims) = req.claims.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) else {
         return Err(ApiError::new(errors::INVALID_TOKEN, 401, "an agent token is required (Authorization: Bearer)"));
     };
-    match claims.get("agent_id").or_else(|| claims.get("user_id")) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Number(n)) => Ok(n.to_string()),
-        _ => {
-            Err(ApiError::new(errors::INVALID_TOKEN, 403, "the token is not an agent's: it has no user_id or agent_id"))
-        }
-    }
+    access::resolve(&claims)
 }
 
 fn no_content() -> HttpResponse {
@@ -105,12 +106,21 @@ pub fn check_settings(settings: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /rooms` -> 201 with the room (status `created`).
-fn create_room(req: &HttpRequest) -> Reply {
+/// `POST /rooms` -> 201 with the room (status `created`), in the business `business_id` of the
+/// body (one of the caller's) or the caller's only business.
+fn create_room(req: &HttpRequest, caller: &Caller, bounds: &Bounds) -> Reply {
     let body = body_object(req)?;
     let name = name_field(&body, true)?.unwrap_or_default();
+    bounds.name(&name)?;
     let settings = body.get("settings").cloned().unwrap_or_else(|| json!({}));
     check_settings(&settings)?;
+    bounds.settings(&settings)?;
+    let requested = match body.get("business_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(b)) if !b.is_empty() => Some(bounds.id("business_id", b)?),
+        Some(_) => return Err(ApiError::invalid("`business_id` must be a non-empty string")),
+    };
+    let business = caller.business_for_new_room(requested)?;
     let now = model::now();
     let room = Room {
         id: model::new_id(),
@@ -119,18 +129,15 @@ fn create_room(req: &HttpRequest) -> Reply {
         settings,
         created_at: now.clone(),
         updated_at: now,
+        business_id: Some(business),
     };
-    model::insert_room(&room, require_agent(req).ok().as_deref())?;
+    model::insert_room(&room, &caller.agent_id)?;
     Ok(http::json(201, &room.to_json(None)))
 }
 
+/// `GET /rooms/:id` -> 200 with `participants_count` (participants not `left`).
 fn room_with_count(room: &Room) -> Reply {
     Ok(http::json(200, &room.to_json(Some(model::count_live(&room.id)?))))
-}
-
-/// `GET /rooms/:id` -> 200 with `participants_count` (participants not `left`).
-fn get_room(id: &str) -> Reply {
-    room_with_count(&model::require_room(id)?)
 }
 
 fn query_param<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
@@ -148,8 +155,8 @@ fn int_param(req: &HttpRequest, name: &str, default: i64, max: i64) -> Result<i6
 }
 
 /// `GET /rooms?status=&limit=&offset=` -> 200 `{data, pagination: {limit, offset, total}}`,
-/// newest first.
-fn list_rooms(req: &HttpRequest) -> Reply {
+/// newest first: the rooms of the caller's businesses only.
+fn list_rooms(req: &HttpRequest, caller: &Caller) -> Reply {
     let status = query_param(req, "status");
     if let Some(s) = status
         && !room_status::ALL.contains(&s)
@@ -158,7 +165,7 @@ fn list_rooms(req: &HttpRequest) -> Reply {
     }
     let limit = int_param(req, "limit", DEFAULT_LIMIT, MAX_LIMIT)?;
     let offset = int_param(req, "offset", 0, i64::MAX)?;
-    let (rooms, total) = model::list_rooms(status, limit, offset)?;
+    let (rooms, total) = model::list_rooms(&caller.agent_id, status, limit, offset)?;
     let data: Vec<Value> = rooms
         .iter()
         .map(|(r, count)| {
@@ -189,10 +196,11 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// `PATCH /rooms/:id` -> 200 with the room: `name` replaced, `settings` merged (RFC 7386).
-fn update_room(req: &HttpRequest, id: &str) -> Reply {
+fn update_room(req: &HttpRequest, room: &Room, bounds: &Bounds) -> Reply {
     let body = body_object(req)?;
-    let mut room = model::require_room(id)?;
+    let mut room = room.clone();
     if let Some(name) = name_field(&body, false)? {
+        bounds.name(&name)?;
         room.name = name;
     }
     if let Some(patch) = body.get("settings") {
@@ -201,40 +209,53 @@ fn update_room(req: &HttpRequest, id: &str) -> Reply {
         }
         merge(&mut room.settings, patch);
         check_settings(&room.settings)?;
+        bounds.settings(&room.settings)?;
     }
     room.updated_at = model::now();
     model::update_room(&room)?;
     room_with_count(&room)
 }
 
-/// `POST /rooms/:id/participants` -> 201 with the participant (`connecting`). It has no
-/// connection until a WebSocket `room:join` with the same `agentId` resumes it.
-fn join(req: &HttpRequest, room_id: &str) -> Reply {
+/// `POST /rooms/:id/participants` -> 201 with the participant (`connecting`). `agent_id` must
+/// be an agent (`agents.id`) of the room's business (else 403 `FORBIDDEN`); the seat is that
+/// agent's: it has no connection until a WebSocket authenticated as that agent joins the room
+/// and resumes it.
+fn join(req: &HttpRequest, room: &Room, bounds: &Bounds) -> Reply {
     let body = body_object(req)?;
     let agent_id = match body.get("agent_id") {
-        Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+        Some(Value::String(s)) if !s.is_empty() => bounds.id("agent_id", s)?,
         _ => return Err(ApiError::invalid("`agent_id` must be a non-empty string")),
     };
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => json!({}),
-        Some(m @ Value::Object(_)) => m.clone(),
+        Some(Value::Object(m)) => {
+            bounds.metadata(m)?;
+            Value::Object(m.clone())
+        }
         Some(_) => return Err(ApiError::invalid("`metadata` must be an object")),
     };
-    let p = lifecycle::join(JoinRequest { room_id, agent_id, metadata, connection: None })?;
+    let business = room.business_id.as_deref().unwrap_or_default();
+    if !access::is_member(agent_id, business)? {
+        return Err(ApiError::new(
+            errors::FORBIDDEN,
+            403,
+            format!("agent {agent_id} is not an agent of the room's business"),
+        ));
+    }
+    let p = lifecycle::join(JoinRequest { room, agent_id, metadata, connection: None })?;
     Ok(http::json(201, &p.to_json()))
 }
 
 /// `GET /rooms/:id/participants` -> 200 `{data}`: participants not `left`, in join order.
-fn list_participants(room_id: &str) -> Reply {
-    let room = model::require_room(room_id)?;
+fn list_participants(room: &Room) -> Reply {
     let data: Vec<Value> = model::live_participants(&room.id)?.iter().map(model::Participant::to_list_item).collect();
     Ok(http::json(200, &json!({"data": data})))
 }
 
 /// `DELETE /rooms/:id/participants/:pid` -> 204; the room gets `room:participant-left` with
 /// reason `user_left`. Errors: `ROOM_NOT_FOUND`, `NOT_IN_ROOM`.
-fn remove_participant(room_id: &str, participant_id: &str) -> Reply {
-    let room = model::require_room(room_id)?;
+fn remove_participant(room: &Room, participant_id: &str) -> Reply {
+    let room_id = &room.id;
     match model::get_participant(participant_id)? {
         Some(p) if p.room_id == room.id && p.is_live() => {
             lifecycle::leave(&p, "user_left", session_status::COMPLETED)?;

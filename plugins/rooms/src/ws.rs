@@ -2,9 +2,17 @@
 //!
 //! A connection may be in several rooms; its session state maps room id -> participant id.
 //! Every failure answers the sender only, with a `room:error` event.
+//!
+//! Authorization ([`crate::access`]): the connection may connect without a token (as the spec
+//! allows) but must be an agent before `room:join`: by a token at the handshake or in an
+//! `auth` message. It joins as that agent only (`agentId` must be its `agents.id`), only rooms
+//! of that agent's businesses (others are `ROOM_NOT_FOUND`), so a seat is resumed only by the
+//! agent that held it. Every message first passes the connection's rate ([`crate::limits`]).
 
+use crate::access::{self, Caller};
 use crate::errors::{self, ApiError};
-use crate::lifecycle::{self, JoinRequest, participant_address, room_address};
+use crate::lifecycle::{self, Config, JoinRequest, participant_address, room_address};
+use crate::limits::{self, Bounds, Bucket, Verdict};
 use crate::model::{self, Participant, session_status};
 use gatewayd_plugin::{ConnectInfo, ConnectionId, conn, session};
 use serde::{Deserialize, Serialize};
@@ -13,38 +21,72 @@ use std::collections::BTreeMap;
 
 /// Per-connection state, held by the host between events.
 #[derive(Serialize, Deserialize, Default, Debug)]
+#[serde(default)]
 pub struct ConnState {
-    /// The `agent_id` claim of the connection's verified token (handshake or `auth` message);
-    /// when set, `room:join` must use this agent id.
-    pub agent_id: Option<String>,
+    /// The agent the connection authenticated as (handshake token or `auth` message); `None`
+    /// until then, and `room:join` is refused.
+    pub agent: Option<Caller>,
     /// Rooms joined on this connection: room id -> participant id.
     pub rooms: BTreeMap<String, String>,
+    /// The connection's message-rate bucket.
+    pub bucket: Bucket,
 }
 
-impl ConnState {
-    fn from_claims(claims: &Value) -> ConnState {
-        ConnState { agent_id: claims.get("agent_id").and_then(Value::as_str).map(str::to_string), ..Default::default() }
-    }
-}
+/// Close code for a connection that keeps sending over its rate (policy violation).
+pub const CLOSE_RATE: u16 = 1008;
 
-/// A new connection: remember the handshake token's agent, if any.
+/// A new connection: resolve the handshake token's agent, if a token came. A token that names
+/// no agent gets `room:error` `INVALID_TOKEN` at once; the connection stays open and may still
+/// authenticate with an `auth` message.
 pub fn open(info: &ConnectInfo) {
-    let claims = info.claims.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
-    session::save(&ConnState::from_claims(&claims));
-}
-
-/// One client event.
-pub fn text(id: ConnectionId, text: &str) {
-    let mut state: ConnState = session::load().unwrap_or_default();
-    if let Err(e) = handle(id, &mut state, text) {
-        conn::send_json(id, &e.to_event());
+    let mut state = ConnState::default();
+    if let Some(claims) = info.claims.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) {
+        match access::resolve(&claims) {
+            Ok(caller) => state.agent = Some(caller),
+            Err(e) => {
+                conn::send_json(info.id, &e.to_event());
+            }
+        }
     }
     session::save(&state);
 }
 
-/// A binary frame: the protocol is JSON text only (`INVALID_REQUEST`).
+/// One client text frame: counted against the rate, then handled.
+pub fn text(id: ConnectionId, text: &str) {
+    with_rate(id, |state, config| handle(id, state, text, &config.bounds()));
+}
+
+/// A binary frame: counted against the rate; the protocol is JSON text only
+/// (`INVALID_REQUEST`).
 pub fn binary(id: ConnectionId) {
-    conn::send_json(id, &ApiError::invalid("binary frames are not part of this protocol: send JSON text").to_event());
+    with_rate(id, |_, _| Err(ApiError::invalid("binary frames are not part of this protocol: send JSON text")));
+}
+
+/// Take a token from the connection's bucket, then run `f` (its error goes to the client); over
+/// the rate, answer `RATE_LIMITED` instead, or close with [`CLOSE_RATE`] when sustained.
+fn with_rate(id: ConnectionId, f: impl FnOnce(&mut ConnState, &Config) -> Result<(), ApiError>) {
+    let mut state: ConnState = session::load().unwrap_or_default();
+    let config = Config::get();
+    match state.bucket.take(&config.rate(), limits::now_ms()) {
+        Verdict::Pass => {
+            if let Err(e) = f(&mut state, &config) {
+                conn::send_json(id, &e.to_event());
+            }
+        }
+        Verdict::Refuse => {
+            let e = ApiError::new(
+                errors::RATE_LIMITED,
+                429,
+                format!(
+                    "more than {} messages per second (burst {}): message dropped",
+                    config.message_rate_per_sec, config.message_burst
+                ),
+            );
+            conn::send_json(id, &e.to_event());
+        }
+        Verdict::Close => conn::close(id, CLOSE_RATE, "message rate exceeded"),
+    }
+    session::save(&state);
 }
 
 /// The socket closed: every participant it held becomes `disconnected`.
@@ -84,11 +126,19 @@ pub fn decode(text: &str) -> Result<Map<String, Value>, ApiError> {
     Ok(msg)
 }
 
-fn handle(id: ConnectionId, state: &mut ConnState, text: &str) -> Result<(), ApiError> {
+/// Fields holding ids, bounded by `max_id_len` in every message.
+const ID_FIELDS: [&str; 3] = ["roomId", "agentId", "participantId"];
+
+fn handle(id: ConnectionId, state: &mut ConnState, text: &str, bounds: &Bounds) -> Result<(), ApiError> {
     let msg = decode(text)?;
+    for field in ID_FIELDS {
+        if let Some(Value::String(v)) = msg.get(field) {
+            bounds.id(field, v)?;
+        }
+    }
     match required_str(&msg, "type")? {
         "auth" => auth(state, required_str(&msg, "token")?),
-        "room:join" => join(id, state, &msg),
+        "room:join" => join(id, state, &msg, bounds),
         "room:leave" => {
             let p = my_participant(state, &msg)?;
             lifecycle::leave(&p, "user_left", session_status::COMPLETED)?;
@@ -119,35 +169,69 @@ fn optional_str<'a>(msg: &'a Map<String, Value>, field: &str) -> Result<Option<&
     }
 }
 
-/// `auth`: verify the token with the daemon's keys. Success is silent; failure is
-/// `INVALID_TOKEN` and leaves the connection as it was.
+/// `auth`: verify the token with the daemon's keys and resolve its agent. Success is silent;
+/// failure is `INVALID_TOKEN` (a bad token; a token of no agent; a token of another agent
+/// while the connection holds seats) and leaves the connection as it was.
 fn auth(state: &mut ConnState, token: &str) -> Result<(), ApiError> {
     let claims = gatewayd_plugin::auth::verify(token)
         .map_err(|why| ApiError::new(errors::INVALID_TOKEN, 401, format!("token refused: {why}")))?;
-    let rooms = std::mem::take(&mut state.rooms);
-    *state = ConnState { rooms, ..ConnState::from_claims(&claims) };
+    let caller = access::resolve(&claims)?;
+    if let Some(current) = &state.agent
+        && current.agent_id != caller.agent_id
+        && !state.rooms.is_empty()
+    {
+        return Err(ApiError::new(
+            errors::INVALID_TOKEN,
+            403,
+            format!(
+                "this connection holds seats of agent {}: leave them before authenticating as another agent",
+                current.agent_id
+            ),
+        ));
+    }
+    state.agent = Some(caller);
     Ok(())
 }
 
 /// `room:join` -> `room:joined` to the joiner (with the others already there), and
 /// `room:participant-joined` to the others.
-fn join(id: ConnectionId, state: &mut ConnState, msg: &Map<String, Value>) -> Result<(), ApiError> {
+///
+/// Errors besides [`lifecycle::join`]'s: `INVALID_TOKEN` (401: the connection is no agent yet;
+/// 403: `agentId` is not the connection's agent), `ROOM_NOT_FOUND` for a room of another
+/// business, `INVALID_REQUEST` (bounds).
+fn join(id: ConnectionId, state: &mut ConnState, msg: &Map<String, Value>, bounds: &Bounds) -> Result<(), ApiError> {
     let room_id = required_str(msg, "roomId")?;
     let agent_id = required_str(msg, "agentId")?;
     let metadata = match msg.get("metadata") {
         None | Some(Value::Null) => json!({}),
-        Some(Value::Object(m)) => Value::Object(m.clone()),
+        Some(Value::Object(m)) => {
+            bounds.metadata(m)?;
+            Value::Object(m.clone())
+        }
         Some(_) => return Err(ApiError::invalid("`metadata` must be an object")),
     };
-    if let Some(mine) = &state.agent_id
-        && mine != agent_id
-    {
+    let Some(caller) = &state.agent else {
+        return Err(ApiError::new(
+            errors::INVALID_TOKEN,
+            401,
+            "authenticate as an agent before room:join: an `auth` message or a token at the handshake",
+        ));
+    };
+    if caller.agent_id != agent_id {
         return Err(ApiError::new(
             errors::INVALID_TOKEN,
             403,
-            format!("this connection's token is for agent {mine}, not {agent_id}"),
+            format!("this connection's token is for agent {}, not {agent_id}", caller.agent_id),
         ));
     }
+    let room = match model::get_room(room_id)? {
+        Some(room)
+            if room.business_id.as_deref().map(|b| access::is_member(agent_id, b)).transpose()? == Some(true) =>
+        {
+            room
+        }
+        _ => return Err(ApiError::room_not_found(room_id)),
+    };
     if let Some(pid) = state.rooms.get(room_id) {
         if model::get_participant(pid)?.is_some_and(|p| p.is_live()) {
             return Err(ApiError::new(
@@ -163,7 +247,7 @@ fn join(id: ConnectionId, state: &mut ConnState, msg: &Map<String, Value>) -> Re
         .filter(|p| p.agent_id != agent_id)
         .map(lifecycle::participant_summary)
         .collect();
-    let p = lifecycle::join(JoinRequest { room_id, agent_id, metadata, connection: Some(id) })?;
+    let p = lifecycle::join(JoinRequest { room: &room, agent_id, metadata, connection: Some(id) })?;
     state.rooms.insert(p.room_id.clone(), p.id.clone());
     conn::send_json(
         id,
