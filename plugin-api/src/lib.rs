@@ -171,7 +171,31 @@ pub mod session {
 /// Plugin-wide shared state (`gatewayd:plugin/kv`), typed as JSON.
 pub mod kv {
     use super::*;
-    pub use gatewayd::plugin::kv::{get, set, take};
+    pub use gatewayd::plugin::kv::{compare_and_swap, get, set, take};
+
+    /// How many times [`update`] re-reads a key that other events keep changing.
+    pub const UPDATE_ATTEMPTS: usize = 64;
+
+    /// Read-modify-write `key` atomically: `f` gets the live value (`None`: absent) and returns
+    /// the new value (`None`: remove) with a result; the new value is written with
+    /// [`compare_and_swap`] (expiring after `ttl_ms` when given) and `f` runs again on the fresh
+    /// value whenever another event changed the key in between. When `f` returns the value it
+    /// was given, nothing is written. Returns `f`'s result, or `None` when the key changed under
+    /// it [`UPDATE_ATTEMPTS`] times in a row (callers treat that as "busy, refused").
+    pub fn update<R>(
+        key: &str,
+        ttl_ms: Option<u32>,
+        mut f: impl FnMut(Option<&str>) -> (Option<String>, R),
+    ) -> Option<R> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = get(key);
+            let (next, result) = f(current.as_deref());
+            if next == current || compare_and_swap(key, current.as_deref(), next.as_deref(), ttl_ms) {
+                return Some(result);
+            }
+        }
+        None
+    }
 
     /// Store `value` as JSON under `key`, optionally expiring after `ttl_ms` milliseconds.
     pub fn put_json<T: Serialize>(key: &str, value: &T, ttl_ms: Option<u32>) {
@@ -303,6 +327,25 @@ pub mod http {
     }
 }
 
+impl HttpRequest {
+    /// The first query parameter named `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The first header named `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The client's IP address, as the host reports it in `x-gatewayd-remote-addr` (behind a
+    /// trusted proxy: the forwarded client). `None` only for a host that does not set it.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        let addr = self.header("x-gatewayd-remote-addr")?;
+        addr.parse::<std::net::SocketAddr>().map(|a| a.ip()).ok().or_else(|| addr.parse().ok())
+    }
+}
+
 impl ConnectInfo {
     /// The first query parameter named `name`.
     pub fn query_param(&self, name: &str) -> Option<&str> {
@@ -323,7 +366,7 @@ pub mod tokens {
 
 /// The plugin's media directory, stored by the daemon (`gatewayd:plugin/files`).
 pub mod files {
-    pub use super::gatewayd::plugin::files::{StoredFile, get, put};
+    pub use super::gatewayd::plugin::files::{StoredFile, delete, get, put};
 }
 
 /// Group operations on addresses (`gatewayd:plugin/addresses`).

@@ -161,7 +161,8 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// `[plugins.rooms.config]` body (the rooms listener is always on, see [`Daemon::rooms_addr`]).
     pub rooms_config: String,
-    /// Extra keys of `[listeners.main]` (limits, timeouts, caps).
+    /// Extra keys of `[listeners.main]` (limits, timeouts, caps). `max_message_bytes` is 16384
+    /// unless given here.
     pub main_listener: String,
     /// Extra keys of `[daemon]`.
     pub daemon_extra: String,
@@ -274,7 +275,7 @@ address = "{admin_addr}"
 
 [listeners.main]
 address = "{addr}"
-max_message_bytes = 16384
+{message_bytes}
 {main_listener}
 
 [[routes]]
@@ -320,6 +321,9 @@ fail_init = false
             auth_extra = opts.auth_extra,
             rooms = rooms_toml(rooms_addr, &opts.rooms_config),
             main_listener = opts.main_listener,
+            // 16 KiB unless the test sets its own (as config/gatewayd.toml's 64 KiB).
+            message_bytes =
+                if opts.main_listener.contains("max_message_bytes") { "" } else { "max_message_bytes = 16384" },
             daemon_extra = opts.daemon_extra,
             storage_extra = opts.storage_extra,
         );

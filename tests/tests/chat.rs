@@ -570,6 +570,248 @@ async fn no_loss_across_sigterm(db: Db) {
     assert_eq!(v.recv_json().await.unwrap()["content"], "after");
 }
 
+/// The files in the test daemon's media directory (hidden `.part` files included: none may
+/// be left over).
+fn media_files(d: &Daemon) -> std::collections::BTreeSet<String> {
+    match std::fs::read_dir(d.dir.path().join("media")) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Default::default(),
+    }
+}
+
+/// The stored name of an upload's URL.
+fn stored_name(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let url = r.json()["data"]["file"].as_str().unwrap().to_string();
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+/// A PNG of exactly `len` bytes (the header, then padding).
+fn png(len: usize) -> Vec<u8> {
+    let mut v = PNG.to_vec();
+    v.resize(len, 0);
+    v
+}
+
+async fn uploads_over_the_session_quota_are_refused(db: Db) {
+    let d = world_with(db, 65_536, "max_uploads_per_session = 3\nmax_upload_bytes_per_session = 1000").await;
+    // Count: three files, then 403; nothing of the refused ones is kept.
+    let (_, _, vt) = start(&d, json!({"business": B1}), None).await;
+    let mut kept = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        kept.insert(stored_name(&upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None)]).await));
+    }
+    for _ in 0..5 {
+        let r = upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None)]).await;
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"], "session_upload_quota");
+        assert!(r.json()["message"].as_str().unwrap().contains("at most 3 files and 1000 bytes"));
+    }
+    assert_eq!(media_files(&d), kept);
+    // Bytes: 600 fit, 600 more do not (and count nothing), a small one still fits.
+    let (_, _, vt2) = start(&d, json!({"business": B1}), None).await;
+    kept.insert(stored_name(&upload(&d, Some(&vt2), &[("file", Some("b.png"), &png(600), None)]).await));
+    let r = upload(&d, Some(&vt2), &[("file", Some("b.png"), &png(600), None)]).await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("session_upload_quota")));
+    kept.insert(stored_name(&upload(&d, Some(&vt2), &[("file", Some("c.png"), &png(400), None)]).await));
+    assert_eq!(media_files(&d), kept);
+    // Concurrent uploads to a fresh session cannot pass the cap together: exactly 3 of 12 pass.
+    let (sid3, _, vt3) = start(&d, json!({"business": B1}), None).await;
+    let uploads = (0..12).map(|_| upload(&d, Some(&vt3), &[("file", Some("d.png"), PNG, None)]));
+    let statuses: Vec<u16> = futures_util::future::join_all(uploads).await.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 9, "{statuses:?}");
+    assert_eq!(media_files(&d).len(), kept.len() + 3, "exactly the accepted files are on disk");
+    let h = get(&d, &format!("/chat/history/{sid3}/"), Some(&vt3)).await.json();
+    assert_eq!(history_types(&h), ["attachment"; 3], "exactly the accepted uploads are in the timeline");
+}
+
+async fn uploads_over_the_ip_quota_get_429(db: Db) {
+    let config = "max_uploads_per_ip = 4\nmax_upload_bytes_per_ip = 2000\nupload_ip_window_secs = 3600";
+    let d = world_with(db, 65_536, config).await;
+    // Two sessions from one address share its window.
+    let (_, _, vt1) = start(&d, json!({"business": B1}), None).await;
+    let (_, _, vt2) = start(&d, json!({"business": B1}), None).await;
+    for vt in [&vt1, &vt1, &vt2] {
+        assert_eq!(upload(&d, Some(vt), &[("file", Some("a.png"), &png(600), None)]).await.status, 200);
+    }
+    // 1,800 bytes so far: 600 more would pass 2,000.
+    let r = upload(&d, Some(&vt2), &[("file", Some("a.png"), &png(600), None)]).await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "upload_rate_limited");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    // A small one fits the bytes (the refused one counted nothing); the fifth file does not.
+    assert_eq!(upload(&d, Some(&vt2), &[("file", Some("a.png"), PNG, None)]).await.status, 200);
+    let r = upload(&d, Some(&vt1), &[("file", Some("a.png"), PNG, None)]).await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (429, Some("upload_rate_limited")));
+    assert_eq!(media_files(&d).len(), 4);
+    // Refused uploads disturbed nothing else: the session still chats.
+    let (sid, _, _) = start(&d, json!({"business": B1}), Some(&vt1)).await;
+    let mut v = join(&d, &sid, &vt1).await;
+    v.send_json(&json!({"type": "text", "content": "still here"})).await.unwrap();
+    assert_eq!(v.recv_json().await.unwrap()["content"], "still here");
+}
+
+async fn end_session_removes_the_files(db: Db) {
+    let d = world(db).await;
+    let (sid, _, vt) = start(&d, json!({"business": B1}), None).await;
+    let (other_sid, _, other_vt) = start(&d, json!({"business": B1}), None).await;
+    let a = stored_name(&upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None)]).await);
+    let b = stored_name(&upload(&d, Some(&vt), &[("file", Some("b.pdf"), PDF, None)]).await);
+    let kept = stored_name(&upload(&d, Some(&other_vt), &[("file", Some("c.png"), PNG, None)]).await);
+    assert_eq!(media_files(&d), [a.clone(), b.clone(), kept.clone()].into());
+    assert_eq!(get(&d, &format!("/chat/media/{a}"), Some(&vt)).await.status, 200);
+    // Ending over HTTP removes that session's files at once, and only those.
+    let r = post_json(&d, &format!("/chat/end-session/{sid}/"), Some(&vt), &json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(media_files(&d), [kept.clone()].into());
+    assert_eq!(get(&d, &format!("/chat/media/{a}"), Some(&vt)).await.status, 404);
+    assert_eq!(get(&d, &format!("/chat/media/{kept}"), Some(&other_vt)).await.status, 200);
+    // The history still lists what was uploaded.
+    let h = get(&d, &format!("/chat/history/{sid}/"), Some(&vt)).await.json();
+    assert_eq!(history_types(&h), ["attachment", "attachment"]);
+    // Ending on the socket does the same.
+    let mut v = join(&d, &other_sid, &other_vt).await;
+    v.send_json(&json!({"type": "end_session"})).await.unwrap();
+    assert_eq!(v.recv_json().await.unwrap()["type"], "session_ended");
+    assert_eq!(v.recv_close().await.unwrap().0, 4006);
+    assert!(media_files(&d).is_empty(), "{:?}", media_files(&d));
+    // Uploading to an ended session keeps nothing.
+    let r = upload(&d, Some(&vt), &[("file", Some("late.png"), PNG, None)]).await;
+    assert_eq!(r.status, 409);
+    assert!(media_files(&d).is_empty());
+}
+
+async fn files_are_kept_for_the_retention(db: Db) {
+    // A retention far longer than the test: the files outlive the end, and are still served.
+    let d = world_with(db, 65_536, "file_retention_secs = 3600").await;
+    let (sid, _, vt) = start(&d, json!({"business": B1}), None).await;
+    let a = stored_name(&upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None)]).await);
+    assert_eq!(post_json(&d, &format!("/chat/end-session/{sid}/"), Some(&vt), &json!({})).await.status, 200);
+    assert_eq!(media_files(&d), [a.clone()].into());
+    assert_eq!(get(&d, &format!("/chat/media/{a}"), Some(&vt)).await.status, 200);
+    drop(d);
+    // A retention of 1 s: gone once it has passed (the deadline is generous: the machine is
+    // loaded; the assertion is only that it happens).
+    let d = world_with(db, 65_536, "file_retention_secs = 1").await;
+    let (sid, _, vt) = start(&d, json!({"business": B1}), None).await;
+    let a = stored_name(&upload(&d, Some(&vt), &[("file", Some("a.png"), PNG, None)]).await);
+    assert_eq!(post_json(&d, &format!("/chat/end-session/{sid}/"), Some(&vt), &json!({})).await.status, 200);
+    let t0 = std::time::Instant::now();
+    while media_files(&d).contains(&a) {
+        assert!(t0.elapsed() < PATIENCE, "the file outlived its retention");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&d, &format!("/chat/media/{a}"), Some(&vt)).await.status, 404);
+}
+
+async fn start_session_over_the_ip_rate_gets_429(db: Db) {
+    let d = world_with(db, 65_536, "max_starts_per_ip = 5\nstart_ip_window_secs = 3600").await;
+    // A refused request counts too: 1 bad + 2 good, then 2 of 10 concurrent ones pass.
+    assert_eq!(post_json(&d, "/chat/start-session/", None, &json!({"department": D1})).await.status, 400);
+    let (sid, _, vt) = start(&d, json!({"business": B1}), None).await;
+    start(&d, json!({"business": B1}), None).await;
+    let body = json!({"business": B1});
+    let starts = (0..10).map(|_| post_json(&d, "/chat/start-session/", None, &body));
+    let answers = futures_util::future::join_all(starts).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 8, "{statuses:?}");
+    let refused = answers.iter().find(|r| r.status == 429).unwrap();
+    assert_eq!(refused.json()["error"], "rate_limited");
+    assert_eq!(refused.headers["content-type"], "application/json");
+    let retry: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    // Sessions already started are not disturbed.
+    let mut v = join(&d, &sid, &vt).await;
+    v.send_json(&json!({"type": "text", "content": "hello"})).await.unwrap();
+    assert_eq!(v.recv_json().await.unwrap()["content"], "hello");
+    // A client-sent address header is dropped, never believed.
+    let r = request(
+        &d,
+        "POST",
+        "/chat/start-session/",
+        &[("content-type", "application/json".into()), ("x-gatewayd-remote-addr", "203.0.113.9:1".into())],
+        json!({"business": B1}).to_string().into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 429);
+}
+
+async fn sockets_of_one_session_share_one_rate(db: Db) {
+    // No token comes back during the test (one per 1,000 s), so the counts are exact.
+    let d = world_with(db, 65_536, "rate_per_sec = 0.001\nrate_burst = 6.0").await;
+    let (sid, _, vt) = start(&d, json!({"business": B1}), None).await;
+    let mut socks = [join(&d, &sid, &vt).await, join(&d, &sid, &vt).await, join(&d, &sid, &vt).await];
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let sender = i % socks.len();
+        socks[sender].send_json(&json!({"type": "text", "content": format!("m{i}")})).await.unwrap();
+        let m = socks[sender].recv_json().await.unwrap();
+        if m["type"] == "error" {
+            answers.push(m["code"].as_str().unwrap().to_string());
+            continue;
+        }
+        answers.push(m["content"].as_str().unwrap().to_string());
+        for (j, c) in socks.iter_mut().enumerate() {
+            if j != sender {
+                assert_eq!(c.recv_json().await.unwrap()["content"], m["content"]);
+            }
+        }
+    }
+    let mut expected: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    expected.extend(std::iter::repeat_n("rate_limited".to_string(), 6));
+    assert_eq!(answers, expected, "6 messages in all, not 6 per socket");
+    // A new socket on the same session gets no fresh allowance; another session does.
+    let mut late = join(&d, &sid, &vt).await;
+    late.send_json(&json!({"type": "text", "content": "late"})).await.unwrap();
+    assert_eq!(late.recv_json().await.unwrap()["code"], "rate_limited");
+    let (other, _, other_vt) = start(&d, json!({"business": B1}), None).await;
+    let mut o = join(&d, &other, &other_vt).await;
+    o.send_json(&json!({"type": "text", "content": "other"})).await.unwrap();
+    assert_eq!(o.recv_json().await.unwrap()["content"], "other");
+}
+
+async fn long_ids_and_names_are_refused(db: Db) {
+    let d = world(db).await;
+    let long = "x".repeat(256);
+    for (field, body) in [
+        ("business", json!({"business": long})),
+        ("department", json!({"business": B1, "department": long})),
+        ("external_customer_id", json!({"business": B1, "external_customer_id": long})),
+    ] {
+        let r = post_json(&d, "/chat/start-session/", None, &body).await;
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("field_too_long")), "{field}");
+        assert_eq!(r.json()["message"], format!("`{field}` is longer than 255 bytes"));
+    }
+    let (sid, _, vt) = start(&d, json!({"business": B1, "external_customer_id": "x".repeat(255)}), None).await;
+    let name = format!("{}.png", "n".repeat(252));
+    let r = upload(&d, Some(&vt), &[("file", Some(&name), PNG, None)]).await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_file_name")));
+    let r = upload(
+        &d,
+        Some(&vt),
+        &[("file", Some("a.png"), PNG, None), ("uploaded_by_end_user", None, long.as_bytes(), None)],
+    )
+    .await;
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("field_too_long")));
+    assert!(media_files(&d).is_empty());
+    let mut v = join(&d, &sid, &vt).await;
+    let url = format!("http://chat.test/chat/media/{}", "u".repeat(2048));
+    v.send_json(&json!({"type": "file", "file": url})).await.unwrap();
+    let e = v.recv_json().await.unwrap();
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("field_too_long")));
+    // An unknown type is named in the error, cut short.
+    v.send_json(&json!({"type": "t".repeat(10_000)})).await.unwrap();
+    let e = v.recv_json().await.unwrap();
+    assert_eq!(e["code"], "unknown_type");
+    assert!(e["message"].as_str().unwrap().len() < 100, "{e}");
+    v.send_json(&json!({"type": "text", "content": "fine"})).await.unwrap();
+    assert_eq!(v.recv_json().await.unwrap()["content"], "fine");
+}
+
 on_both_backends!(
     spec_flow,
     close_codes,
@@ -579,4 +821,11 @@ on_both_backends!(
     http_end_and_history_pages,
     message_limits,
     no_loss_across_sigterm,
+    uploads_over_the_session_quota_are_refused,
+    uploads_over_the_ip_quota_get_429,
+    end_session_removes_the_files,
+    files_are_kept_for_the_retention,
+    start_session_over_the_ip_rate_gets_429,
+    sockets_of_one_session_share_one_rate,
+    long_ids_and_names_are_refused,
 );

@@ -474,6 +474,126 @@ async fn invite_times_out(db: Db) {
     );
 }
 
+/// Send `call.invite` from a guest to agent A1 in B1, room `room`; the answer's `type`, or the
+/// error's code.
+async fn guest_invite(g: &mut Client, room: &str) -> String {
+    g.send_json(&json!({"type": "call.invite", "to_agent_id": A1, "business_id": B1, "room_id": room})).await.unwrap();
+    let m = g.recv_json().await.unwrap();
+    match m["type"].as_str() {
+        Some("error") => m["code"].as_str().unwrap().to_string(),
+        _ => m["type"].as_str().unwrap().to_string(),
+    }
+}
+
+/// Read `n` rings at the agent and return their room ids in order.
+async fn rings(a: &mut Client, n: usize) -> Vec<String> {
+    let mut rooms = Vec::new();
+    for _ in 0..n {
+        let m = a.recv_json().await.unwrap();
+        assert_eq!(m["type"], "call.ring", "{m}");
+        rooms.push(m["room_id"].as_str().unwrap().to_string());
+    }
+    rooms
+}
+
+async fn pending_invites_are_capped_per_connection_and_per_guest(db: Db) {
+    // A timeout far longer than the test: no invite expires on its own, however slow the machine.
+    let config =
+        "invite_timeout_secs = 3600\nmax_pending_invites_per_connection = 3\nmax_pending_invites_per_guest = 5";
+    let d = world(db, DaemonOptions { signaling_config: config.into(), ..Default::default() }).await;
+    let (mut a, mut g) = pair(&d).await;
+    // The abuse: one unauthenticated guest firing invites. Three ring, the rest are refused.
+    let mut answers = Vec::new();
+    for i in 0..50 {
+        answers.push(guest_invite(&mut g, &format!("r{i}")).await);
+    }
+    assert_eq!(answers[..3], ["invite.sent", "invite.sent", "invite.sent"]);
+    assert!(answers[3..].iter().all(|a| a == "too_many_invites"), "{answers:?}");
+    assert_eq!(rings(&mut a, 3).await, ["r0", "r1", "r2"]);
+    a.expect_silence(Duration::from_millis(300)).await.unwrap();
+    // Inviting the same room again re-arms that invite: it counts once.
+    assert_eq!(guest_invite(&mut g, "r0").await, "invite.sent");
+    assert_eq!(rings(&mut a, 1).await, ["r0"]);
+    // A second connection of the same guest has a list of its own, but the guest's cap (5) holds
+    // across both: two more, then refused.
+    let mut g2 = guest(&d, G1, Some(B1)).await;
+    g2.recv_json().await.unwrap();
+    assert_eq!(guest_invite(&mut g2, "s0").await, "invite.sent");
+    assert_eq!(guest_invite(&mut g2, "s1").await, "invite.sent");
+    let (code, message) =
+        error(&mut g2, json!({"type": "call.invite", "to_agent_id": A1, "business_id": B1, "room_id": "s2"})).await;
+    assert_eq!(code, "too_many_invites");
+    assert!(message.contains("5 pending invites"), "{message}");
+    assert_eq!(rings(&mut a, 2).await, ["s0", "s1"]);
+    // An answer frees a place, on the connection and for the guest.
+    a.send_json(
+        &json!({"type": "call.response", "to_guest_id": G1, "business_id": B1, "room_id": "r1", "accept": false}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.recv_json().await.unwrap()["type"], "response.sent");
+    for c in [&mut g, &mut g2] {
+        assert_eq!(c.recv_json().await.unwrap()["type"], "call.declined");
+    }
+    assert_eq!(guest_invite(&mut g, "r3").await, "invite.sent");
+    assert_eq!(rings(&mut a, 1).await, ["r3"]);
+    assert_eq!(guest_invite(&mut g2, "s3").await, "too_many_invites");
+    // Another guest is not affected, and the agent's own invites are its own.
+    let mut other = guest(&d, "another-guest", Some(B1)).await;
+    other.recv_json().await.unwrap();
+    assert_eq!(guest_invite(&mut other, "o0").await, "invite.sent");
+    assert_eq!(rings(&mut a, 1).await, ["o0"]);
+    a.send_json(&json!({"type": "call.invite", "to_guest_id": "another-guest", "business_id": B1, "room_id": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(a.recv_json().await.unwrap()["type"], "invite.sent");
+    assert_eq!(other.recv_json().await.unwrap()["type"], "call.ring");
+}
+
+async fn long_ids_are_refused(db: Db) {
+    // Frames as large as config/gatewayd.toml allows (64 KiB), so a 30 KB id reaches the plugin.
+    let opts = DaemonOptions { main_listener: "max_message_bytes = 65536".into(), ..Default::default() };
+    let d = world(db, opts).await;
+    let (mut a, mut g) = pair(&d).await;
+    // The abuse: 30 KB room ids. Refused, naming the field, without echoing it; nothing rings.
+    let room = "r".repeat(30_000);
+    let (code, message) =
+        error(&mut g, json!({"type": "call.invite", "to_agent_id": A1, "business_id": B1, "room_id": room})).await;
+    assert_eq!((code.as_str(), message.as_str()), ("field_too_long", "`room_id` is longer than 128 bytes"));
+    let display = "d".repeat(257);
+    let invite =
+        json!({"type": "call.invite", "to_agent_id": A1, "business_id": B1, "room_id": "r", "caller_display": display});
+    assert_eq!(
+        error(&mut g, invite).await,
+        ("field_too_long".into(), "`caller_display` is longer than 256 bytes".into())
+    );
+    let long = "x".repeat(129);
+    for (field, msg) in [
+        ("to_guest_id", json!({"type": "call.invite", "to_guest_id": long, "business_id": B1, "room_id": "r"})),
+        (
+            "business_id",
+            json!({"type": "call.response", "to_guest_id": G1, "business_id": long, "room_id": "r", "accept": true}),
+        ),
+    ] {
+        let (code, message) = error(&mut a, msg).await;
+        assert_eq!(code, "field_too_long");
+        assert!(message.starts_with(&format!("`{field}`")), "{message}");
+    }
+    a.expect_silence(Duration::from_millis(300)).await.unwrap();
+    // At the bounds: accepted.
+    let invite = json!({"type": "call.invite", "to_agent_id": A1, "business_id": B1, "room_id": "r".repeat(128), "caller_display": "d".repeat(256)});
+    g.send_json(&invite).await.unwrap();
+    assert_eq!(g.recv_json().await.unwrap()["type"], "invite.sent");
+    assert_eq!(a.recv_json().await.unwrap()["room_id"], "r".repeat(128));
+    // Long ids in the URL close the connection with 4002 before anything is looked up.
+    for query in [format!("guest_id={long}"), format!("guest_id=g&business_id={long}")] {
+        let mut c = Client::connect(&d.ws_url(&format!("/ws/signaling/?{query}"))).await.unwrap();
+        let (code, reason) = c.recv_close().await.unwrap();
+        assert_eq!(code, 4002, "{reason}");
+        assert!(reason.ends_with("is longer than 128 bytes"), "{reason}");
+    }
+}
+
 on_both_backends!(
     spec_flow,
     invite_agent_by_user_id,
@@ -484,4 +604,6 @@ on_both_backends!(
     errors_where_the_spec_is_silent,
     no_cross_business_reach,
     invite_times_out,
+    pending_invites_are_capped_per_connection_and_per_guest,
+    long_ids_are_refused,
 );

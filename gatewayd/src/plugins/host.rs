@@ -192,6 +192,16 @@ impl kv::Host for HostState {
     fn take(&mut self, key: String) -> Option<String> {
         self.plugin.upgrade()?.kv.take(&key)
     }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<String>,
+        value: Option<String>,
+        ttl_ms: Option<u32>,
+    ) -> bool {
+        self.plugin.upgrade().is_some_and(|p| p.kv.compare_and_swap(key, expected.as_deref(), value, ttl_ms))
+    }
 }
 
 impl timers::Host for HostState {

@@ -5,6 +5,8 @@
 //! generated here (`<32 hex digits>.<extension of the sniffed type>`), so a client-chosen name
 //! never reaches the file system; `get` accepts only names of that shape. The type comes from
 //! the content's magic bytes (the `infer` crate), never from a client's header or file name.
+//! `delete` removes a file by the same kind of name (a plugin's retention, e.g. chat's files
+//! removed when their session ends).
 
 use super::bindings::gatewayd::plugin::addresses;
 use super::bindings::gatewayd::plugin::files::{self, StoredFile};
@@ -107,6 +109,21 @@ impl files::Host for HostState {
         };
         let content_type = sniff(&data).map(|(m, _)| m).unwrap_or("application/octet-stream").to_string();
         Ok((StoredFile { name, content_type, size: data.len() as u64 }, data))
+    }
+
+    async fn delete(&mut self, name: String) -> Result<bool, String> {
+        let cap = self.files_capability()?;
+        if !is_generated_name(&name) {
+            return Err("not_found: no such file".into());
+        }
+        match tokio::fs::remove_file(cap.dir.join(&name)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => {
+                tracing::error!(dir = %cap.dir.display(), error = %e, "removing a plugin file failed");
+                Err("io: the file could not be removed".into())
+            }
+        }
     }
 }
 

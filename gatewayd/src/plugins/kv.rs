@@ -47,6 +47,45 @@ impl Kv {
         let now = Instant::now();
         self.entries.remove(key).filter(|(_, e)| e.live(now)).map(|(_, e)| e.value)
     }
+
+    /// When the live value of `key` is `expected` (`None`: no live entry), replace it with
+    /// `value` (`None`: remove it), expiring after `ttl_ms` when given, and return true; else
+    /// change nothing and return false. Atomic per key (the map's shard lock is held).
+    pub fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<&str>,
+        value: Option<String>,
+        ttl_ms: Option<u32>,
+    ) -> bool {
+        use dashmap::mapref::entry::Entry as Slot;
+        let now = Instant::now();
+        let expires = ttl_ms.map(|ms| now + Duration::from_millis(ms.into()));
+        match self.entries.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let current = slot.get().live(now).then(|| slot.get().value.as_str());
+                if current != expected {
+                    return false;
+                }
+                match value {
+                    Some(value) => *slot.get_mut() = Entry { value, expires },
+                    None => {
+                        slot.remove();
+                    }
+                }
+            }
+            Slot::Vacant(slot) => {
+                if expected.is_some() {
+                    return false;
+                }
+                if let Some(value) = value {
+                    slot.insert(Entry { value, expires });
+                }
+            }
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -62,5 +101,47 @@ mod tests {
         assert_eq!(kv.take("a"), None);
         kv.set("b".into(), "2".into(), Some(0));
         assert_eq!(kv.get("b"), None);
+    }
+
+    #[test]
+    fn compare_and_swap_changes_only_the_expected_value() {
+        let kv = Kv::default();
+        assert!(kv.compare_and_swap("c".into(), None, Some("1".into()), None), "absent is expected as None");
+        assert!(!kv.compare_and_swap("c".into(), None, Some("9".into()), None), "no longer absent");
+        assert!(!kv.compare_and_swap("c".into(), Some("0"), Some("9".into()), None), "stale expectation");
+        assert!(kv.compare_and_swap("c".into(), Some("1"), Some("2".into()), None));
+        assert_eq!(kv.get("c").as_deref(), Some("2"));
+        assert!(kv.compare_and_swap("c".into(), Some("2"), None, None), "None removes");
+        assert_eq!(kv.get("c"), None);
+        // An expired entry counts as absent.
+        kv.set("d".into(), "old".into(), Some(0));
+        assert!(!kv.compare_and_swap("d".into(), Some("old"), Some("x".into()), None));
+        assert!(kv.compare_and_swap("d".into(), None, Some("new".into()), None));
+        assert_eq!(kv.get("d").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn concurrent_increments_are_not_lost() {
+        let kv = std::sync::Arc::new(Kv::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        loop {
+                            let current = kv.get("n");
+                            let next = current.as_deref().map_or(0, |v| v.parse::<u32>().unwrap()) + 1;
+                            if kv.compare_and_swap("n".into(), current.as_deref(), Some(next.to_string()), None) {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(kv.get("n").as_deref(), Some("2000"));
     }
 }

@@ -10,15 +10,21 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use std::time::Duration;
 
+/// The header carrying the client's address to the plugin (WIT `http-request.headers`). The
+/// host sets it; a client's header of that name is dropped.
+pub const REMOTE_ADDR_HEADER: &str = "x-gatewayd-remote-addr";
+
 /// Read the body (up to `max_body_bytes`, else 413; within `body_timeout_ms`, else 408), call
 /// the plugin, and turn its answer into a response. A plugin fault is a 500 with the fault's
-/// code.
+/// code. `remote` is the client (behind a trusted proxy, the forwarded client with port 0): the
+/// plugin sees it as the `x-gatewayd-remote-addr` header.
 pub(super) async fn dispatch(
     req: Request<Incoming>,
     route: &Route,
     path: String,
     query: Vec<(String, String)>,
     claims: Option<String>,
+    remote: std::net::SocketAddr,
     limits: &ListenerConfig,
 ) -> Response<Full<Bytes>> {
     let max_body_bytes = limits.max_body_bytes;
@@ -53,12 +59,13 @@ pub(super) async fn dispatch(
             return response;
         }
     };
-    let headers = parts
+    let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION)
+        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION && name.as_str() != REMOTE_ADDR_HEADER)
         .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
         .collect();
+    headers.push((REMOTE_ADDR_HEADER.to_string(), remote.to_string()));
     let request = HttpRequest { method: parts.method.as_str().to_string(), path, query, headers, body, claims };
     let (result, _) = route.plugin.dispatch(Event::Http(request), Session::default()).await;
     match result {

@@ -438,7 +438,7 @@ async fn handle(
             Response::from_parts(parts, Full::default())
         }
         RouteKind::Http => {
-            let response = http::dispatch(req, route, path, query, claims, &listener.config).await;
+            let response = http::dispatch(req, route, path, query, claims, remote, &listener.config).await;
             if response.status() == StatusCode::REQUEST_TIMEOUT {
                 listener.admission.metrics().closed(limits::CloseReason::BodyTimeout);
             }

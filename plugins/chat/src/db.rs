@@ -219,3 +219,68 @@ pub fn message_exists(session_id: &str, seq: i64) -> Result<bool, String> {
     )?;
     Ok(!rows.is_empty())
 }
+
+/// What [`reserve_upload`] found.
+#[derive(Debug, PartialEq)]
+pub enum Reservation {
+    /// Counted: the upload may be stored (give it back with [`release_upload`] if it is not).
+    Reserved,
+    /// The session has ended (or does not exist): nothing counted.
+    Ended,
+    /// One more file, or `size` more bytes, would pass the session's caps: nothing counted.
+    OverQuota,
+}
+
+/// Count an upload of `size` bytes against its session's caps, in one conditional UPDATE: on
+/// SQLite the single writer orders them, on PostgreSQL the row lock makes a concurrent
+/// reservation re-check the caps against the row it committed, so concurrent uploads can never
+/// pass a cap together.
+pub fn reserve_upload(session_id: &str, size: u64, max_count: u64, max_bytes: u64) -> Result<Reservation, String> {
+    let int = |v: u64| SqlValue::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    let n = store::execute(
+        "UPDATE chat_sessions SET upload_count = upload_count + 1, upload_bytes = upload_bytes + $2 \
+         WHERE id = $1 AND active = 1 AND upload_count + 1 <= $3 AND upload_bytes + $2 <= $4",
+        &[text(session_id), int(size), int(max_count), int(max_bytes)],
+    )?;
+    if n == 1 {
+        return Ok(Reservation::Reserved);
+    }
+    Ok(match session(session_id)? {
+        Some(s) if s.active => Reservation::OverQuota,
+        _ => Reservation::Ended,
+    })
+}
+
+/// Give back a reservation whose file was not kept.
+pub fn release_upload(session_id: &str, size: u64) -> Result<(), String> {
+    store::execute(
+        "UPDATE chat_sessions SET upload_count = upload_count - 1, upload_bytes = upload_bytes - $2 WHERE id = $1",
+        &[text(session_id), SqlValue::Integer(i64::try_from(size).unwrap_or(i64::MAX))],
+    )?;
+    Ok(())
+}
+
+/// The stored names of a session's attachments.
+pub fn attachment_names(session_id: &str) -> Result<Vec<String>, String> {
+    let rows = store::query(
+        "SELECT stored_name FROM chat_timeline WHERE session_id = $1 AND kind = 'attachment' AND stored_name IS NOT NULL",
+        &[text(session_id)],
+    )?;
+    Ok(rows.iter().filter_map(|r| col_text(r, 0)).collect())
+}
+
+/// Record that an ended session's files are gone.
+pub fn mark_files_removed(session_id: &str) -> Result<(), String> {
+    store::execute("UPDATE chat_sessions SET files_removed = 1 WHERE id = $1 AND active = 0", &[text(session_id)])?;
+    Ok(())
+}
+
+/// Up to `limit` ended sessions whose files are still kept and that ended at or before
+/// `ended_before` (RFC 3339 UTC with milliseconds, which sorts as text).
+pub fn sessions_with_expired_files(ended_before: &str, limit: u32) -> Result<Vec<String>, String> {
+    let rows = store::query(
+        "SELECT id FROM chat_sessions WHERE active = 0 AND files_removed = 0 AND ended_at <= $1 ORDER BY ended_at LIMIT $2",
+        &[text(ended_before), SqlValue::Integer(i64::from(limit))],
+    )?;
+    Ok(rows.iter().filter_map(|r| col_text(r, 0)).collect())
+}

@@ -1,8 +1,10 @@
 //! The HTTP endpoints (chat.md "HTTP Endpoints", plus end-session and media). Errors are
-//! `{"error": code, "message": text}` with a 4xx/5xx status.
+//! `{"error": code, "message": text}` with a 4xx/5xx status; a per-IP window that is full
+//! answers 429 with `Retry-After` (docs/protocols/chat.md "Quotas and bounds").
 
 use crate::db::{self, Entry, NewSession};
 use crate::identity::{Caller, visitor_claims};
+use crate::limits::{self, RetryAfter};
 use crate::settings::Settings;
 use crate::upload;
 use gatewayd_plugin::{HttpRequest, HttpResponse, files, http, tokens};
@@ -13,6 +15,21 @@ type Reply = Result<HttpResponse, HttpResponse>;
 
 fn error(status: u16, code: &str, message: &str) -> HttpResponse {
     http::json(status, &json!({"error": code, "message": message}))
+}
+
+/// 429 with `Retry-After` (seconds) and the JSON error body.
+fn too_many(retry: RetryAfter, code: &str, message: &str) -> HttpResponse {
+    let mut r = error(429, code, message);
+    r.headers.push(("retry-after".into(), retry.0.to_string()));
+    r
+}
+
+/// 400 `field_too_long` when `value` is longer than `max` bytes.
+fn bounded(field: &str, value: &str, max: usize) -> Result<(), HttpResponse> {
+    if value.len() > max {
+        return Err(error(400, "field_too_long", &format!("`{field}` is longer than {max} bytes")));
+    }
+    Ok(())
 }
 
 fn internal(e: impl std::fmt::Display) -> HttpResponse {
@@ -85,19 +102,30 @@ pub(crate) fn parse_start_request(body: &[u8]) -> Result<StartRequest, String> {
 /// `POST /chat/start-session/` (public). The visitor is recognised by `external_customer_id`
 /// when given, else by the visitor token of an earlier start (Authorization: Bearer), else it
 /// is a new guest. Returns the active session (existing or new) and a visitor token for it.
+///
+/// Every request counts against its client's window (`max_starts_per_ip` per
+/// `start_ip_window_secs`, whatever its answer); once full: 429 `rate_limited` with
+/// `Retry-After`. Ids longer than `max_id_bytes`: 400 `field_too_long`.
 fn start_session(req: &HttpRequest) -> Reply {
     let settings = settings()?;
+    let client = format!("start/{}", limits::client_key(req.client_ip()));
+    limits::window_take(&client, limits::start_caps(&settings), 0, limits::now_ms()).map_err(|retry| {
+        let message = format!(
+            "too many sessions started from this address: at most {} per {} s",
+            settings.max_starts_per_ip, settings.start_ip_window_secs
+        );
+        too_many(retry, "rate_limited", &message)
+    })?;
     let body = parse_start_request(&req.body).map_err(|e| error(400, "invalid_request", &e))?;
     let business = body.business.trim();
     let department = body.department.as_deref().map(str::trim).filter(|d| !d.is_empty());
     let external = body.external_customer_id.as_deref().map(str::trim).filter(|d| !d.is_empty());
-    if business.is_empty() || external.is_some_and(|e| e.len() > 255) {
-        return Err(error(
-            400,
-            "invalid_request",
-            "`business` is required; `external_customer_id` is at most 255 bytes",
-        ));
+    if business.is_empty() {
+        return Err(error(400, "invalid_request", "`business` is required"));
     }
+    bounded("business", business, settings.max_id_bytes)?;
+    bounded("department", department.unwrap_or(""), settings.max_id_bytes)?;
+    bounded("external_customer_id", external.unwrap_or(""), settings.max_id_bytes)?;
     if !db::business_exists(business).map_err(internal)? {
         return Err(error(404, "business_not_found", &format!("no business {business}")));
     }
@@ -140,16 +168,27 @@ fn start_session(req: &HttpRequest) -> Reply {
     ))
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
 /// `POST /chat/upload-file/` (visitor token or agent JWT).
+///
+/// Quotas (docs/protocols/chat.md "Quotas and bounds"): a session over `max_uploads_per_session`
+/// files or `max_upload_bytes_per_session` bytes gets 403 `session_upload_quota`; a client over
+/// `max_uploads_per_ip` / `max_upload_bytes_per_ip` in its `upload_ip_window_secs` gets 429
+/// `upload_rate_limited` with `Retry-After`. An upload that is refused or fails counts nowhere,
+/// and no file of it is kept.
 fn upload_file(req: HttpRequest) -> Reply {
     let settings = settings()?;
     let caller = caller(&req)?;
-    let content_type = header(&req, "content-type").unwrap_or("").to_string();
+    let content_type = req.header("content-type").unwrap_or("").to_string();
+    let client = format!("upload/{}", limits::client_key(req.client_ip()));
     let form = upload::parse(&content_type, req.body).map_err(|e| error(400, "invalid_request", &e))?;
+    for (field, value) in [
+        ("session_id", &form.session_id),
+        ("uploaded_by_end_user", &form.uploaded_by_end_user),
+        ("uploaded_by_agent", &form.uploaded_by_agent),
+        ("message", &form.message),
+    ] {
+        bounded(field, value.as_deref().unwrap_or(""), settings.max_id_bytes)?;
+    }
     let session_id = match (&caller, form.session_id.as_deref()) {
         (Caller::Visitor { session_id, .. }, None) => session_id.clone(),
         (_, Some(s)) => s.to_string(),
@@ -175,21 +214,33 @@ fn upload_file(req: HttpRequest) -> Reply {
     };
     let (client_name, data) = form.file.ok_or_else(|| error(400, "invalid_request", "field `file` is required"))?;
     let client_name = match client_name.as_deref() {
-        Some(n) => Some(upload::check_file_name(n).map_err(|e| error(400, "bad_file_name", &e))?.to_string()),
+        Some(n) => Some(
+            upload::check_file_name(n, settings.max_file_name_bytes)
+                .map_err(|e| error(400, "bad_file_name", &e))?
+                .to_string(),
+        ),
         None => None,
     };
     if data.is_empty() {
         return Err(error(400, "invalid_request", "the file is empty"));
     }
-    let stored = files::put(&data).map_err(|e| {
-        let code = e.split(':').next().unwrap_or("");
-        match code {
-            "too_large" => error(413, "file_too_large", &e),
-            "unknown_type" | "type_not_allowed" => error(415, "unsupported_file_type", &e),
-            "no_space" => error(507, "storage_full", "the file could not be stored: storage is full, try again later"),
-            _ => internal(e),
+    let size = data.len() as u64;
+    let quota = Quota::reserve(&settings, &session.id, &client, size)?;
+    let stored = match files::put(&data) {
+        Ok(stored) => stored,
+        Err(e) => {
+            quota.release();
+            let code = e.split(':').next().unwrap_or("");
+            return Err(match code {
+                "too_large" => error(413, "file_too_large", &e),
+                "unknown_type" | "type_not_allowed" => error(415, "unsupported_file_type", &e),
+                "no_space" => {
+                    error(507, "storage_full", "the file could not be stored: storage is full, try again later")
+                }
+                _ => internal(e),
+            });
         }
-    })?;
+    };
     let file_name = client_name.unwrap_or_else(|| stored.name.clone());
     let url = settings.media_url(&stored.name);
     let entry = Entry {
@@ -206,8 +257,17 @@ fn upload_file(req: HttpRequest) -> Reply {
         created_at: crate::now_rfc3339(),
         ..Entry::default()
     };
-    if db::append(&entry).map_err(internal)?.is_none() {
-        return Err(error(409, "session_ended", crate::socket::SESSION_ENDED_ERROR));
+    let appended = db::append(&entry);
+    if !matches!(appended, Ok(Some(_))) {
+        // Not recorded (the session ended meanwhile, or the store failed): keep no file of it.
+        if let Err(e) = files::delete(&stored.name) {
+            gatewayd_plugin::log::warn(&format!("chat: removing the unrecorded upload {} failed: {e}", stored.name));
+        }
+        quota.release();
+        return Err(match appended {
+            Err(e) => internal(e),
+            _ => error(409, "session_ended", crate::socket::SESSION_ENDED_ERROR),
+        });
     }
     Ok(http::json(
         200,
@@ -216,6 +276,48 @@ fn upload_file(req: HttpRequest) -> Reply {
             "data": {"file": url, "file_name": file_name, "content_type": stored.content_type, "size": stored.size}
         }),
     ))
+}
+
+/// An upload counted against its session's and its client's quotas, until it is kept (or
+/// given back with [`Quota::release`] when it is not).
+struct Quota<'a> {
+    settings: &'a Settings,
+    session_id: &'a str,
+    client: &'a str,
+    size: u64,
+}
+
+impl<'a> Quota<'a> {
+    /// Count `size` bytes against the session (durable, in the store), then the client's
+    /// window (in kv). Err: the response refusing the upload, with nothing counted.
+    fn reserve(settings: &'a Settings, session_id: &'a str, client: &'a str, size: u64) -> Result<Self, HttpResponse> {
+        let (max_count, max_bytes) = (settings.max_uploads_per_session, settings.max_upload_bytes_per_session);
+        match db::reserve_upload(session_id, size, max_count, max_bytes).map_err(internal)? {
+            db::Reservation::Reserved => {}
+            db::Reservation::Ended => return Err(error(409, "session_ended", crate::socket::SESSION_ENDED_ERROR)),
+            db::Reservation::OverQuota => {
+                let message = format!("this session may upload at most {max_count} files and {max_bytes} bytes in all");
+                return Err(error(403, "session_upload_quota", &message));
+            }
+        }
+        if let Err(retry) = limits::window_take(client, limits::upload_caps(settings), size, limits::now_ms()) {
+            let _ = db::release_upload(session_id, size);
+            let message = format!(
+                "too many uploads from this address: at most {} files and {} bytes per {} s",
+                settings.max_uploads_per_ip, settings.max_upload_bytes_per_ip, settings.upload_ip_window_secs
+            );
+            return Err(too_many(retry, "upload_rate_limited", &message));
+        }
+        Ok(Quota { settings, session_id, client, size })
+    }
+
+    /// Give the reservation back (the file was not kept).
+    fn release(self) {
+        limits::window_release(self.client, limits::upload_caps(self.settings), self.size, limits::now_ms());
+        if let Err(e) = db::release_upload(self.session_id, self.size) {
+            gatewayd_plugin::log::warn(&format!("chat: giving back an upload reservation failed: {e}"));
+        }
+    }
 }
 
 fn query<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {

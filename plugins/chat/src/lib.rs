@@ -6,12 +6,16 @@
 //!   `GET /chat/media/<name>` (the URL `upload-file` returns).
 //! - WebSocket (`socket`): `/ws/visitor-chat/?session_id=<uuid>`.
 //!
-//! Durable state is in the store (`db`); per-connection state (who, rate bucket) in the host's
-//! session; nothing survives in the instance between events.
+//! Durable state is in the store (`db`: sessions, timeline, per-session upload counts);
+//! per-connection state (who) in the host's session; rates and per-IP windows in the host's kv
+//! (`limits`); files in the host's media directory, removed when their session ends
+//! (`retention`). Nothing survives in the instance between events.
 
 mod db;
 mod http;
 mod identity;
+mod limits;
+mod retention;
 mod settings;
 mod socket;
 mod upload;
@@ -35,6 +39,12 @@ impl Protocol for Chat {
 
     fn on_binary(id: ConnectionId, _data: Vec<u8>) {
         socket::send_error(id, "unsupported_frame", "Binary frames are not accepted; send JSON text.");
+    }
+
+    fn on_timer(key: String, _payload: String) {
+        if let Ok(settings) = settings::Settings::load() {
+            retention::on_timer(&key, &settings);
+        }
     }
 
     fn on_http(request: HttpRequest) -> HttpResponse {
@@ -62,7 +72,7 @@ pub mod fuzzing {
     pub fn upload_form(content_type: &str, body: Vec<u8>) -> bool {
         match crate::upload::parse(content_type, body) {
             Ok(form) => match form.file {
-                Some((Some(name), _)) => crate::upload::check_file_name(&name).is_ok(),
+                Some((Some(name), _)) => crate::upload::check_file_name(&name, 255).is_ok(),
                 _ => true,
             },
             Err(_) => false,
@@ -80,12 +90,15 @@ pub(crate) fn session_address(session_id: &str) -> String {
     format!("session/{session_id}")
 }
 
-/// End `session_id` (if active): mark it ended, broadcast the spec's `session_ended` to its
-/// connections and close them with 4006. Returns false when it was not active.
+/// End `session_id` (if active): mark it ended, remove its files (or arm their retention
+/// timer, `retention`), broadcast the spec's `session_ended` to its connections and close them
+/// with 4006. Returns false when it was not active.
 pub(crate) fn end_session(session_id: &str, ended_by: &str) -> Result<bool, String> {
     if !db::end_session(session_id, ended_by, &now_rfc3339())? {
         return Ok(false);
     }
+    // Files first: once `session_ended` (or the HTTP answer) arrives, they are gone.
+    retention::after_end(session_id, &settings::Settings::load().unwrap_or_default());
     let address = session_address(session_id);
     gatewayd_plugin::conn::send_json_to(
         &address,

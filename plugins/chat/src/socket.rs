@@ -7,9 +7,14 @@
 //! Messages: `text` and `file` are stored first, then broadcast to every connection of the
 //! session with `sender_id` and `timestamp`; `end_session` ends the session (agent or its
 //! visitor). A message for an ended session gets the spec's `error` and close 4006.
+//!
+//! Every frame takes a token from its session's bucket (`rate_per_sec`, `rate_burst`), shared
+//! by all the session's connections (`limits`): an empty bucket answers `error`
+//! `rate_limited` and the frame is dropped; the connection stays open.
 
 use crate::db::{self, Entry};
 use crate::identity::Caller;
+use crate::limits;
 use crate::settings::Settings;
 use crate::{now_rfc3339, session_address};
 use gatewayd_plugin::{ConnectInfo, ConnectionId, conn, session};
@@ -25,19 +30,13 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 /// The spec's error text for anything sent after the session ended.
 pub const SESSION_ENDED_ERROR: &str = "This session has ended. No further communication is allowed.";
 
-/// Per-connection state, held by the host between events.
+/// Per-connection state, held by the host between events. (The message rate is the
+/// session's, in kv: state of older versions with a per-connection bucket still decodes.)
 #[derive(Serialize, Deserialize)]
 struct ConnState {
     session_id: String,
     sender_id: String,
     role: String,
-    /// Token bucket for the message rate limit: tokens left, and when they were counted (ms).
-    tokens: f64,
-    counted_at_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// `{"type": "error", "code": code, "message": message}`.
@@ -70,13 +69,10 @@ pub fn open(info: ConnectInfo) {
     if !chat.active {
         return refuse_ended(id);
     }
-    let settings = Settings::load().unwrap_or_default();
     session::save(&ConnState {
         session_id: chat.id.clone(),
         sender_id: caller.sender_id().to_string(),
         role: caller.role().to_string(),
-        tokens: settings.rate_burst,
-        counted_at_ms: now_ms(),
     });
     conn::send_json(id, &json!({"type": "connection_established", "session_id": chat.id}));
     conn::bind(id, &session_address(&chat.id));
@@ -102,22 +98,28 @@ pub(crate) enum ClientMessage {
 }
 
 pub fn text(id: ConnectionId, text: &str) {
-    let Some(mut state) = session::load::<ConnState>() else {
+    let Some(state) = session::load::<ConnState>() else {
         return conn::close(id, CLOSE_INTERNAL, "connection state lost");
     };
     let settings = Settings::load().unwrap_or_default();
-    if !take_token(&mut state, &settings) {
-        session::save(&state);
-        let message = format!("Too many messages: at most {} per second.", settings.rate_per_sec);
+    if !limits::take_message_token(&state.session_id, &settings, limits::now_ms()) {
+        let message = format!(
+            "Too many messages in this session: at most {} per second (bursts of {}), all its connections together.",
+            settings.rate_per_sec, settings.rate_burst
+        );
         return send_error(id, "rate_limited", &message);
     }
-    session::save(&state);
     let message = match parse(text) {
         Ok(m) => m,
         Err((code, message)) => return send_error(id, code, &message),
     };
     let result = match message {
         ClientMessage::Text { content } => send_text(id, &state, &settings, content),
+        ClientMessage::File { file, .. } if file.len() > settings.max_file_url_bytes => {
+            let message = format!("`file` is longer than {} bytes.", settings.max_file_url_bytes);
+            send_error(id, "field_too_long", &message);
+            Ok(())
+        }
         ClientMessage::File { file, is_audio } => send_file(id, &state, file, is_audio),
         ClientMessage::EndSession => match crate::end_session(&state.session_id, &state.sender_id) {
             Ok(true) => Ok(()),
@@ -138,7 +140,7 @@ pub(crate) fn parse(text: &str) -> Result<ClientMessage, (&'static str, String)>
     let message = match serde_json::from_str::<Value>(text) {
         Ok(v) => match v.get("type").and_then(Value::as_str) {
             Some("text" | "file" | "end_session") => serde_json::from_value::<ClientMessage>(v),
-            Some(other) => return Err(("unknown_type", format!("Unknown message type `{other}`."))),
+            Some(other) => return Err(("unknown_type", format!("Unknown message type `{}`.", truncate(other, 64)))),
             None => return Err(("invalid_message", "A message needs a string `type`.".into())),
         },
         Err(_) => return Err(("invalid_message", "Messages must be JSON objects.".into())),
@@ -146,17 +148,11 @@ pub(crate) fn parse(text: &str) -> Result<ClientMessage, (&'static str, String)>
     message.map_err(|e| ("invalid_message", format!("Invalid message: {e}.")))
 }
 
-/// Token bucket: refill by elapsed time, take one token if there is one.
-fn take_token(state: &mut ConnState, settings: &Settings) -> bool {
-    let now = now_ms();
-    let elapsed = now.saturating_sub(state.counted_at_ms) as f64 / 1000.0;
-    state.tokens = (state.tokens + elapsed * settings.rate_per_sec).min(settings.rate_burst);
-    state.counted_at_ms = now;
-    if state.tokens >= 1.0 {
-        state.tokens -= 1.0;
-        true
-    } else {
-        false
+/// At most `max` characters of `s` (client text echoed in an error).
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
 }
 

@@ -68,11 +68,13 @@ pub fn parse(content_type: &str, body: Vec<u8>) -> Result<UploadForm, String> {
     })
 }
 
-/// Check a client file name: refused when empty, longer than 255 bytes, `.`/`..` or holding
-/// `..`, a path separator (`/`, `\`), NUL or any other control character.
-pub fn check_file_name(name: &str) -> Result<&str, String> {
+/// Check a client file name: refused when empty, longer than `max_bytes` bytes, `.`/`..` or
+/// holding `..`, a path separator (`/`, `\`), NUL or any other control character.
+pub fn check_file_name(name: &str, max_bytes: usize) -> Result<&str, String> {
+    if name.len() > max_bytes {
+        return Err(format!("file_name is longer than {max_bytes} bytes"));
+    }
     let bad = name.is_empty()
-        || name.len() > 255
         || name.contains("..")
         || name == "."
         || name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
@@ -89,9 +91,11 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         for bad in ["../etc/passwd", "a/b.png", "a\\b.png", "x\0.png", "new\nline.png", "..", ".", "", "a..b"] {
-            assert!(check_file_name(bad).is_err(), "{bad:?}");
+            assert!(check_file_name(bad, 255).is_err(), "{bad:?}");
         }
-        assert_eq!(check_file_name("report 2025.pdf"), Ok("report 2025.pdf"));
+        assert_eq!(check_file_name("report 2025.pdf", 255), Ok("report 2025.pdf"));
+        assert!(check_file_name(&"a".repeat(256), 255).is_err());
+        assert_eq!(check_file_name(&"a".repeat(255), 255).map(str::len), Ok(255));
     }
 
     #[test]

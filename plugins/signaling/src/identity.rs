@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 /// Close codes for refused connections (the spec names none; see docs/protocols/signaling.md).
 pub const CLOSE_MISSING_IDENTITY: u16 = 4001;
+/// A URL parameter (`guest_id`, `business_id`, `department_id`) is longer than `max_id_bytes`.
+pub const CLOSE_PARAMETER_TOO_LONG: u16 = 4002;
 pub const CLOSE_MEMBERSHIP: u16 = 4003;
 pub const CLOSE_UNKNOWN_BUSINESS: u16 = 4004;
 pub const CLOSE_INTERNAL: u16 = 1011;
@@ -30,6 +32,10 @@ pub struct Identity {
     /// The business every message of this connection is scoped to. `None` only for a guest
     /// that connected without `business_id` and has not invited anyone yet.
     pub business_id: Option<String>,
+    /// Keys of the invites this connection sent that may still be pending (pruned against kv
+    /// before each invite), for `max_pending_invites_per_connection`.
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,8 +69,14 @@ pub fn agent_for_user(business: &str, user_id: &str) -> Option<String> {
     kv::get(&user_key(business, user_id))
 }
 
-/// Resolve the connection's identity from its query and JWT claims.
-pub fn resolve(info: &ConnectInfo) -> Result<Identity, Refusal> {
+/// Resolve the connection's identity from its query and JWT claims. A URL id longer than
+/// `max_id_bytes` is refused with [`CLOSE_PARAMETER_TOO_LONG`] before anything is looked up.
+pub fn resolve(info: &ConnectInfo, max_id_bytes: usize) -> Result<Identity, Refusal> {
+    for name in ["guest_id", "business_id", "department_id"] {
+        if info.query_param(name).is_some_and(|v| v.len() > max_id_bytes) {
+            return Err(refuse(CLOSE_PARAMETER_TOO_LONG, format!("{name} is longer than {max_id_bytes} bytes")));
+        }
+    }
     let business_id = info.query_param("business_id").filter(|s| !s.is_empty());
     match &info.claims {
         Some(claims) => resolve_agent(claims, info.query_param("department_id").filter(|s| !s.is_empty()), business_id),
@@ -81,6 +93,7 @@ pub fn resolve(info: &ConnectInfo) -> Result<Identity, Refusal> {
             Ok(Identity {
                 role: Role::Guest { guest_id: guest_id.to_string() },
                 business_id: business_id.map(str::to_string),
+                pending: Vec::new(),
             })
         }
     }
@@ -163,6 +176,7 @@ fn resolve_agent(claims: &str, department: Option<&str>, business: Option<&str>)
     Ok(Identity {
         role: Role::Agent { agent_id: m.agent_id.clone(), user_id, department_id: m.department_id.clone() },
         business_id: Some(m.business_id.clone()),
+        pending: Vec::new(),
     })
 }
 

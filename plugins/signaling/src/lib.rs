@@ -17,17 +17,57 @@ use protocol::{ErrorMsg, Inbound, Party};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// `[plugins.signaling.config]`.
-#[derive(Deserialize)]
+/// `[plugins.signaling.config]` (config/gatewayd.toml documents each key; the bounds are in
+/// docs/protocols/signaling.md "Quotas and bounds").
+#[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
     /// How long an invite may ring before both sides get `call.timeout`, in seconds.
     invite_timeout_secs: u32,
+    /// Longest id a client sends (`guest_id`, `business_id`, `department_id` in the URL;
+    /// `business_id`, `room_id`, `to_guest_id`, `to_agent_id` in messages), bytes.
+    max_id_bytes: usize,
+    /// Longest `caller_display`, bytes.
+    max_display_bytes: usize,
+    /// Invites one connection may have pending (ringing) at once.
+    max_pending_invites_per_connection: usize,
+    /// Invites one guest (a `guest_id` in a business, all its connections together) may have
+    /// pending at once.
+    max_pending_invites_per_guest: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { invite_timeout_secs: 30 }
+        Config {
+            invite_timeout_secs: 30,
+            max_id_bytes: 128,
+            max_display_bytes: 256,
+            max_pending_invites_per_connection: 10,
+            max_pending_invites_per_guest: 5,
+        }
+    }
+}
+
+impl Config {
+    /// The config table, decoded and checked once per instance (a reload with a changed table
+    /// builds new instances).
+    fn load() -> Result<Config, String> {
+        static CACHED: std::sync::OnceLock<Result<Config, String>> = std::sync::OnceLock::new();
+        CACHED
+            .get_or_init(|| {
+                let c: Config = gatewayd_plugin::config::load()?;
+                let bounds = [
+                    c.max_id_bytes,
+                    c.max_display_bytes,
+                    c.max_pending_invites_per_connection,
+                    c.max_pending_invites_per_guest,
+                ];
+                if c.invite_timeout_secs == 0 || bounds.contains(&0) {
+                    return Err("signaling config: invite_timeout_secs and the max_* bounds must be > 0".into());
+                }
+                Ok(c)
+            })
+            .clone()
     }
 }
 
@@ -85,11 +125,12 @@ struct Signaling;
 
 impl Protocol for Signaling {
     fn init() -> Result<(), String> {
-        gatewayd_plugin::config::load::<Config>().map(|_| ())
+        Config::load().map(|_| ())
     }
 
     fn on_open(info: ConnectInfo) {
-        match identity::resolve(&info) {
+        let max_id_bytes = Config::load().unwrap_or_default().max_id_bytes;
+        match identity::resolve(&info, max_id_bytes) {
             Ok(me) => {
                 me.bind(info.id);
                 conn::send_json(info.id, &me.connection_established());
@@ -104,13 +145,16 @@ impl Protocol for Signaling {
             // No identity means on_open refused the connection; it is closing.
             return;
         };
-        let result = match protocol::parse(&text) {
+        let config = Config::load().unwrap_or_default();
+        let parsed = protocol::parse(&text)
+            .and_then(|m| protocol::check_bounds(&m, config.max_id_bytes, config.max_display_bytes).map(|()| m));
+        let result = match parsed {
             Ok(Inbound::Ping) => {
                 conn::send_json(id, &json!({"type": "pong"}));
                 Ok(())
             }
             Ok(Inbound::Invite { to, business_id, room_id, caller_display }) => {
-                invite(id, &mut me, to, business_id, room_id, caller_display)
+                invite(id, &mut me, &config, to, business_id, room_id, caller_display)
             }
             Ok(Inbound::Response { to, business_id, room_id, accept }) => {
                 respond(id, &me, to, business_id, room_id, accept)
@@ -142,9 +186,15 @@ impl Protocol for Signaling {
 ///
 /// Order matters: the pending invite is recorded and `invite.sent` queued *before* the ring, so
 /// a target that answers at once can never make `call.accepted` overtake `invite.sent`.
+///
+/// Caps (`too_many_invites`): `max_pending_invites_per_connection` (exact: a connection's events
+/// run one at a time, and it alone adds to its list) and, for a guest, the per-guest cap across
+/// all its connections (a list in kv, changed by compare-and-swap). Inviting the same target to
+/// the same room again re-arms that invite and counts once.
 fn invite(
     id: ConnectionId,
     me: &mut Identity,
+    config: &Config,
     to: Party,
     business_id: String,
     room_id: String,
@@ -171,15 +221,35 @@ fn invite(
         return Err(offline());
     }
     let key = invite_key(&business_id, &room_id, &caller, &target);
-    let timeout_ms = invite_timeout_ms();
+    let timeout_ms = config.invite_timeout_secs.saturating_mul(1000);
+    // The kv entry outlives the timer a little so the timer always finds it.
+    let lifetime_ms = timeout_ms.saturating_add(60_000);
+    let already_pending = kv::get(&key).is_some();
+    me.pending.retain(|k| kv::get(k).is_some());
+    if !me.pending.contains(&key) && me.pending.len() >= config.max_pending_invites_per_connection {
+        let cap = config.max_pending_invites_per_connection;
+        return Err(ErrorMsg::new(
+            "too_many_invites",
+            format!("this connection already has {cap} pending invites; wait for an answer or the timeout"),
+        ));
+    }
     let pending = PendingInvite {
         business_id: business_id.clone(),
         room_id: room_id.clone(),
         caller: caller.clone(),
         target: target.clone(),
     };
-    // The kv entry outlives the timer a little so the timer always finds it.
-    kv::put_json(&key, &pending, Some(timeout_ms.saturating_add(60_000)));
+    kv::put_json(&key, &pending, Some(lifetime_ms));
+    if let (Endpoint::Guest(guest_id), false) = (&caller, already_pending)
+        && let Err(e) = count_guest_invite(&business_id, guest_id, &key, config, lifetime_ms)
+    {
+        kv::take(&key);
+        return Err(e);
+    }
+    if !me.pending.contains(&key) {
+        me.pending.push(key.clone());
+    }
+    session::save(&*me);
     timers::set(&key, timeout_ms, "", None);
     let (to_name, to_id) = target.recipient_field();
     conn::send_json(
@@ -269,9 +339,38 @@ fn respond(
     Ok(())
 }
 
-fn invite_timeout_ms() -> u32 {
-    let secs = gatewayd_plugin::config::load::<Config>().map(|c| c.invite_timeout_secs).unwrap_or(30);
-    secs.saturating_mul(1000)
+/// Add the invite `key` to the pending list of a guest (all its connections), unless the
+/// guest already has `max_pending_invites_per_guest` live ones. Entries whose invite is gone
+/// (answered, expired, withdrawn) are dropped first. The list is changed by compare-and-swap,
+/// so two connections of one guest cannot both take the last place.
+fn count_guest_invite(
+    business_id: &str,
+    guest_id: &str,
+    key: &str,
+    config: &Config,
+    lifetime_ms: u32,
+) -> Result<(), ErrorMsg> {
+    let cap = config.max_pending_invites_per_guest;
+    let list_key = format!("pending-guest/{business_id}/{guest_id}");
+    let outcome = kv::update(&list_key, Some(lifetime_ms), |current| {
+        let mut keys: Vec<String> = current.and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+        keys.retain(|k| k == key || kv::get(k).is_some());
+        if !keys.iter().any(|k| k == key) {
+            if keys.len() >= cap {
+                return (current.map(str::to_string), false);
+            }
+            keys.push(key.to_string());
+        }
+        (serde_json::to_string(&keys).ok(), true)
+    });
+    match outcome {
+        Some(true) => Ok(()),
+        Some(false) => Err(ErrorMsg::new(
+            "too_many_invites",
+            format!("guest {guest_id} already has {cap} pending invites; wait for an answer or the timeout"),
+        )),
+        None => Err(ErrorMsg::new("too_many_invites", "this guest's invites are changing too fast; try again")),
+    }
 }
 
 gatewayd_plugin::protocol_plugin!(Signaling);

@@ -75,6 +75,35 @@ pub fn parse(text: &str) -> Result<Inbound, ErrorMsg> {
     }
 }
 
+/// Length bounds on what a parsed message carries: every id at most `max_id_bytes`,
+/// `caller_display` at most `max_display_bytes`. Err: `field_too_long`, naming the field (never
+/// echoing it).
+pub fn check_bounds(message: &Inbound, max_id_bytes: usize, max_display_bytes: usize) -> Result<(), ErrorMsg> {
+    let (to, business_id, room_id, display) = match message {
+        Inbound::Ping => return Ok(()),
+        Inbound::Invite { to, business_id, room_id, caller_display } => {
+            (to, business_id, room_id, caller_display.as_deref())
+        }
+        Inbound::Response { to, business_id, room_id, .. } => (to, business_id, room_id, None),
+    };
+    let to = match to {
+        Party::Guest(id) => ("to_guest_id", id),
+        Party::Agent(id) => ("to_agent_id", id),
+    };
+    for (name, value) in [to, ("business_id", business_id), ("room_id", room_id)] {
+        if value.len() > max_id_bytes {
+            return Err(ErrorMsg::new("field_too_long", format!("`{name}` is longer than {max_id_bytes} bytes")));
+        }
+    }
+    if display.is_some_and(|d| d.len() > max_display_bytes) {
+        return Err(ErrorMsg::new(
+            "field_too_long",
+            format!("`caller_display` is longer than {max_display_bytes} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 fn party(obj: &Map<String, Value>) -> Result<Party, ErrorMsg> {
     match (obj.get("to_guest_id"), obj.get("to_agent_id")) {
         (Some(_), Some(_)) => {
@@ -132,6 +161,41 @@ mod tests {
                 accept: true
             })
         );
+    }
+
+    #[test]
+    fn long_ids_and_displays_are_refused_without_echo() {
+        let long = "r".repeat(30_000);
+        let m = parse(&format!(r#"{{"type":"call.invite","to_agent_id":"44","business_id":"b","room_id":"{long}"}}"#))
+            .unwrap();
+        let e = check_bounds(&m, 128, 256).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), ("field_too_long", "`room_id` is longer than 128 bytes"));
+        let m = parse(&format!(
+            r#"{{"type":"call.invite","to_guest_id":"{}","business_id":"b","room_id":"r"}}"#,
+            "g".repeat(129)
+        ))
+        .unwrap();
+        assert_eq!(check_bounds(&m, 128, 256).unwrap_err().message, "`to_guest_id` is longer than 128 bytes");
+        let m = parse(&format!(
+            r#"{{"type":"call.invite","to_agent_id":"44","business_id":"b","room_id":"r","caller_display":"{}"}}"#,
+            "d".repeat(257)
+        ))
+        .unwrap();
+        assert_eq!(check_bounds(&m, 128, 256).unwrap_err().message, "`caller_display` is longer than 256 bytes");
+        let m = parse(&format!(
+            r#"{{"type":"call.response","to_guest_id":"g","business_id":"{}","room_id":"r","accept":true}}"#,
+            "b".repeat(129)
+        ))
+        .unwrap();
+        assert_eq!(check_bounds(&m, 128, 256).unwrap_err().message, "`business_id` is longer than 128 bytes");
+        // At the bounds exactly: accepted.
+        let m = parse(&format!(
+            r#"{{"type":"call.invite","to_agent_id":"{}","business_id":"b","room_id":"r","caller_display":"{}"}}"#,
+            "a".repeat(128),
+            "d".repeat(256)
+        ))
+        .unwrap();
+        assert_eq!(check_bounds(&m, 128, 256), Ok(()));
     }
 
     #[test]
