@@ -45,6 +45,13 @@ pub fn shape(sql: &str) -> Shape {
             }
             continue;
         }
+        if c == b';' {
+            // A statement's end; more `;` after it are empty statements, not a second one.
+            ended = true;
+            head_done = true;
+            i += 1;
+            continue;
+        }
         // Something significant: after a `;` it is a second statement.
         single &= !ended;
         let literal = match c {
@@ -65,7 +72,6 @@ pub fn shape(sql: &str) -> Shape {
             head.push(c.to_ascii_uppercase() as char);
         } else {
             head_done = true;
-            ended |= c == b';';
         }
         i += 1;
     }
@@ -111,5 +117,10 @@ mod tests {
         assert_eq!(shape("INSERT INTO t VALUES ('it''s')"), s("INSERT", true));
         assert_eq!(shape(""), s("", true));
         assert_eq!(shape("   ;"), s("", true));
+        // Found by the fuzzer: empty statements after the end are no second statement (as the
+        // writer's rewriter sees it too).
+        assert_eq!(shape(";;"), s("", true));
+        assert_eq!(shape("INSERT INTO t VALUES (1);; ;"), s("INSERT", true));
+        assert_eq!(shape("SELECT 1;; DELETE FROM t"), s("SELECT", false));
     }
 }
