@@ -317,7 +317,7 @@ fn check_chunk(format: Format, len: usize) -> Result<(), String> {
         CodecName::Opus if (1..=OPUS_MAX_PACKET).contains(&len) => return Ok(()),
         CodecName::Opus => return Err(format!("an Opus packet of {len} bytes (1..={OPUS_MAX_PACKET} expected)")),
     };
-    if len > 0 && len % sample_bytes == 0 {
+    if len > 0 && len.is_multiple_of(sample_bytes) {
         Ok(())
     } else {
         Err(format!(

@@ -103,7 +103,7 @@ impl FrameGuard {
                     }
                     let header = *head;
                     match self.check(&header[..needed]) {
-                        Ok(payload) if payload == 0 => self.state = State::Header { head: [0; 14], have: 0 },
+                        Ok(0) => self.state = State::Header { head: [0; 14], have: 0 },
                         Ok(payload) => self.state = State::Payload(payload),
                         Err(v) => {
                             // The header may have started in an earlier call: nothing of this
