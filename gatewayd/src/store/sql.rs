@@ -36,7 +36,7 @@ pub fn shape(sql: &str) -> Shape {
             b'/' if b.get(i + 1) == Some(&b'*') => Some(sql[i + 2..].find("*/").map(|e| i + 2 + e + 2)),
             _ => None,
         };
-        if c.is_ascii_whitespace() || comment.is_some() {
+        if is_space(c) || comment.is_some() {
             head_done |= !head.is_empty();
             match comment {
                 None => i += 1,
@@ -76,6 +76,12 @@ pub fn shape(sql: &str) -> Shape {
         i += 1;
     }
     Shape { head, single }
+}
+
+/// SQL whitespace, as SQLite's tokenizer has it: space, tab, line feed, vertical tab, form feed,
+/// carriage return (Rust's `is_ascii_whitespace` leaves out the vertical tab).
+pub fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 /// Index of the quote closing a literal opened before `from` (`''` inside is an escaped quote).
@@ -122,5 +128,7 @@ mod tests {
         assert_eq!(shape(";;"), s("", true));
         assert_eq!(shape("INSERT INTO t VALUES (1);; ;"), s("INSERT", true));
         assert_eq!(shape("SELECT 1;; DELETE FROM t"), s("SELECT", false));
+        // Found by the fuzzer: a vertical tab is whitespace to SQLite.
+        assert_eq!(shape("E;\x0b "), s("E", true));
     }
 }

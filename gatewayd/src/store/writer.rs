@@ -366,7 +366,9 @@ async fn run_statements<'q>(
 /// `;` before its end, or `?`, `?NNN`, `:name`, `@name` or `$name` parameters. String literals,
 /// quoted identifiers and comments are skipped.
 pub fn positional(sql: &str) -> Option<(String, Vec<usize>)> {
-    let body = sql.trim_end().trim_end_matches(';').trim_end();
+    // SQL whitespace only: SQLite would not take a Unicode space after the `;` for one.
+    let space = |c: char| c.is_ascii() && super::sql::is_space(c as u8);
+    let body = sql.trim_end_matches(space).trim_end_matches(';').trim_end_matches(space);
     let b = body.as_bytes();
     let mut out = String::with_capacity(body.len());
     let mut order = Vec::new();
