@@ -373,3 +373,21 @@ pub mod files {
 pub mod addresses {
     pub use super::gatewayd::plugin::addresses::close_all;
 }
+
+/// Rate limiting helpers shared by plugins (token buckets kept in session state or `kv`).
+pub mod rate {
+    /// Milliseconds since the Unix epoch, from the host's wall clock.
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// A token bucket's tokens at `now_ms`: `tokens` (as of `at_ms`; `None` = a new, full bucket)
+    /// refilled at `per_sec` tokens a second, capped at `burst`. A clock going backwards adds
+    /// nothing.
+    pub fn refill(tokens: Option<f64>, at_ms: u64, now_ms: u64, per_sec: f64, burst: f64) -> f64 {
+        match tokens {
+            None => burst,
+            Some(t) => (t + now_ms.saturating_sub(at_ms) as f64 / 1000.0 * per_sec).min(burst),
+        }
+    }
+}

@@ -10,10 +10,7 @@ use gatewayd_plugin::kv;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use gatewayd_plugin::rate::now_ms;
 
 /// The key part naming a client: an IPv4 address, or an IPv6 client's /64 (one subscriber is
 /// routinely given a whole /64, so single IPv6 addresses would cost an attacker nothing).
@@ -114,13 +111,8 @@ pub fn take_message_token(session_id: &str, s: &Settings, now: u64) -> bool {
     let ttl = (s.rate_burst / s.rate_per_sec * 1000.0).ceil().clamp(1000.0, f64::from(u32::MAX)) as u32;
     kv::update(&format!("rate/{session_id}"), Some(ttl), |current| {
         let b = current.and_then(|v| serde_json::from_str::<Bucket>(v).ok());
-        let tokens = match b {
-            Some(b) => {
-                let elapsed = now.saturating_sub(b.at_ms) as f64 / 1000.0;
-                (b.tokens + elapsed * s.rate_per_sec).min(s.rate_burst)
-            }
-            None => s.rate_burst,
-        };
+        let (held, at_ms) = b.map_or((None, 0), |b| (Some(b.tokens), b.at_ms));
+        let tokens = gatewayd_plugin::rate::refill(held, at_ms, now, s.rate_per_sec, s.rate_burst);
         if tokens < 1.0 {
             // Nothing changes: a refused frame neither spends nor advances the clock.
             return (current.map(str::to_string), false);

@@ -53,11 +53,8 @@ impl Bucket {
     /// time passing).
     pub fn take(&mut self, rate: &Rate, now_ms: u64) -> Verdict {
         let elapsed = now_ms.saturating_sub(self.at_ms) as f64 / 1000.0;
+        let tokens = gatewayd_plugin::rate::refill(self.tokens, self.at_ms, now_ms, rate.per_sec, rate.burst);
         self.at_ms = self.at_ms.max(now_ms);
-        let tokens = match self.tokens {
-            None => rate.burst,
-            Some(t) => (t + elapsed * rate.per_sec).min(rate.burst),
-        };
         self.refused = (self.refused - elapsed * rate.per_sec / 10.0).max(0.0);
         if tokens >= 1.0 {
             self.tokens = Some(tokens - 1.0);
@@ -135,10 +132,7 @@ fn serialized_len(m: &Map<String, Value>) -> usize {
     serde_json::to_vec(m).map_or(usize::MAX, |v| v.len())
 }
 
-/// Milliseconds since the Unix epoch, from the host's wall clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use gatewayd_plugin::rate::now_ms;
 
 #[cfg(test)]
 mod tests {
