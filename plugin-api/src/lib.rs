@@ -22,7 +22,7 @@
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
-    world: "protocol",
+    world: "plugin",
     path: "wit",
     pub_export_macro: true,
     export_macro_name: "export_protocol",
@@ -34,6 +34,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use exports::gatewayd::plugin::handler::Guest;
+pub use exports::gatewayd::plugin::schema::{Guest as SchemaGuest, Migration};
 pub use gatewayd::plugin::media::MediaEvent;
 pub use gatewayd::plugin::types::{ConnectInfo, ConnectionId, HttpRequest, HttpResponse, SqlValue};
 
@@ -67,6 +68,43 @@ pub trait Protocol {
     }
     /// A call on one of the plugin's media routes reported a media event (see [`media`]).
     fn on_media(_id: ConnectionId, _event: MediaEvent) {}
+    /// The plugin's own tables: its migrations for `backend` (`"sqlite"` or `"postgres"`), in
+    /// ascending version order, applied by the daemon when it loads the plugin (see
+    /// [`Migration`] and docs/security.md "Plugin tables"). Default: no tables.
+    ///
+    /// ```text
+    /// fn migrations(backend: &str) -> Vec<Migration> {
+    ///     gatewayd_plugin::migrations!(backend, "../migrations", [1 => "0001_visits"])
+    /// }
+    /// ```
+    fn migrations(_backend: &str) -> Vec<Migration> {
+        Vec::new()
+    }
+}
+
+/// The migrations of a plugin that keeps them as files, one directory per backend:
+/// `<dir>/sqlite/<file>.sql` and `<dir>/postgres/<file>.sql` (`<dir>` relative to the file
+/// that uses the macro). Expands to a `Vec<Migration>` for `$backend` with the SQL compiled
+/// into the component, each migration named by its file:
+/// `migrations!(backend, "../migrations", [1 => "0001_sessions", 2 => "0002_quotas"])`.
+#[macro_export]
+macro_rules! migrations {
+    ($backend:expr, $dir:literal, [$($version:literal => $file:literal),* $(,)?]) => {{
+        let postgres = $backend == "postgres";
+        let mut list: $crate::__sdk::Vec<$crate::Migration> = $crate::__sdk::Vec::new();
+        $(
+            list.push($crate::Migration {
+                version: $version,
+                name: $crate::__sdk::String::from($file),
+                sql: $crate::__sdk::String::from(if postgres {
+                    include_str!(concat!($dir, "/postgres/", $file, ".sql"))
+                } else {
+                    include_str!(concat!($dir, "/sqlite/", $file, ".sql"))
+                }),
+            });
+        )*
+        list
+    }};
 }
 
 /// Register a [`Protocol`] implementation as the component's exported handler.
@@ -99,6 +137,11 @@ macro_rules! protocol_plugin {
                 <$ty as $crate::Protocol>::on_media(id, event)
             }
         }
+        impl $crate::SchemaGuest for $ty {
+            fn migrations(backend: $crate::__sdk::String) -> $crate::__sdk::Vec<$crate::Migration> {
+                <$ty as $crate::Protocol>::migrations(&backend)
+            }
+        }
         // The component's exports exist only in the Wasm build: host builds of plugins (unit
         // tests, fuzz targets) link several plugins into one binary, whose export symbols
         // would otherwise collide.
@@ -117,6 +160,7 @@ macro_rules! protocol_plugin {
                 <$ty as $crate::Guest>::on_timer,
                 <$ty as $crate::Guest>::on_http,
                 <$ty as $crate::Guest>::on_media,
+                <$ty as $crate::SchemaGuest>::migrations,
             )
         }
     };

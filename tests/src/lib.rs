@@ -26,6 +26,29 @@ use tokio::net::TcpStream;
 /// may be tight; only "nothing arrives" windows ([`Client::expect_silence`]) are short.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The sum of the `/metrics` lines starting with `series` (name and labels as printed; 0 when
+/// there is none).
+pub async fn metric(d: &Daemon, series: &str) -> f64 {
+    let (_, body) = d.admin_get("/metrics").await.expect("metrics");
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Poll `check` until it is true; fails the test after [`PATIENCE`].
+pub async fn wait_for<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < PATIENCE, "condition not reached in {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// HS256 secret of every test config.
 pub const TEST_SECRET: &str = "gatewayd-test-secret-0123456789abcdef";
 
@@ -128,13 +151,22 @@ impl PgDatabase {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (admin, name) = (self.admin_url.clone(), self.name.clone());
-        // Best effort, on a thread of its own: Drop may run inside a runtime.
+        let (admin, name, url) = (self.admin_url.clone(), self.name.clone(), self.url.clone());
+        // Best effort, on a thread of its own: Drop may run inside a runtime. The plugins'
+        // roles (cluster-wide, named after this database) go with it.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
+                let mut roles: Vec<String> = Vec::new();
+                if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+                    roles =
+                        sqlx::query_scalar("SELECT role FROM plugin_roles").fetch_all(&mut c).await.unwrap_or_default();
+                }
                 if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut c).await;
+                    for role in roles {
+                        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\"")).execute(&mut c).await;
+                    }
                 }
             })
         })
@@ -155,6 +187,8 @@ pub struct DaemonOptions {
     pub auth_extra: String,
     /// The fault-test component to load (default `build/plugins/fault-test.wasm`).
     pub fault_test_file: Option<PathBuf>,
+    /// Extra keys of `[plugins.fault-test.config]` (e.g. `tables = true`).
+    pub fault_test_config: String,
     /// The signaling component to load (default `build/plugins/signaling.wasm`).
     pub signaling_file: Option<PathBuf>,
     /// Extra environment variables for the daemon process.
@@ -184,6 +218,7 @@ impl Default for DaemonOptions {
             signaling_limits: String::new(),
             auth_extra: String::new(),
             fault_test_file: None,
+            fault_test_config: String::new(),
             signaling_file: None,
             env: Vec::new(),
             rooms_config: String::new(),
@@ -207,6 +242,10 @@ pub struct Daemon {
     /// The rooms listener: REST under `/api/v1`, WebSocket at `/ws`.
     pub rooms_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread copying the running process's stderr into `logs`.
+    log_reader: Option<std::thread::JoinHandle<()>>,
+    /// `[storage] url` as the test can use it (SQLite: an absolute path).
+    pub database_url: String,
     _pg: Option<PgDatabase>,
     nofile_limit: Option<u64>,
 }
@@ -308,6 +347,7 @@ event_timeout_ms = 100
 memory_mb = 16
 [plugins.fault-test.config]
 fail_init = false
+{fault_test_config}
 
 {rooms}
 {extra}
@@ -315,6 +355,7 @@ fail_init = false
             state = dir.path().join("state").display(),
             signaling = opts.signaling_file.clone().unwrap_or_else(|| plugin_file("signaling")).display(),
             faults = opts.fault_test_file.clone().unwrap_or_else(|| plugin_file("fault-test")).display(),
+            fault_test_config = opts.fault_test_config,
             limits = opts.signaling_limits,
             sigconf = opts.signaling_config,
             extra = opts.extra_toml,
@@ -329,14 +370,22 @@ fail_init = false
         );
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config)?;
+        let database_url = match url.strip_prefix("sqlite://") {
+            Some(file) if !file.starts_with('/') => {
+                format!("sqlite://{}", dir.path().join("state").join(file).display())
+            }
+            _ => url.clone(),
+        };
         let mut daemon = Daemon {
             child: None,
+            database_url,
             dir,
             config_path,
             addr,
             admin_addr,
             rooms_addr,
             logs: Arc::default(),
+            log_reader: None,
             _pg: pg,
             nofile_limit: opts.nofile_limit,
         };
@@ -367,14 +416,14 @@ fail_init = false
             .context("spawning gatewayd")?;
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = self.logs.clone();
-        std::thread::spawn(move || {
+        self.log_reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("GATEWAYD_TEST_LOG").is_some() {
                     eprintln!("[gatewayd] {line}");
                 }
                 logs.lock().unwrap().push(line);
             }
-        });
+        }));
         self.child = Some(child);
         Ok(())
     }
@@ -383,6 +432,10 @@ fail_init = false
         // Generous: start-up compiles every plugin, which takes long on a busy machine.
         for _ in 0..1200 {
             if let Some(status) = self.child.as_mut().expect("spawned").try_wait()? {
+                // Its stderr is closed: the reader has every line once it ends.
+                if let Some(reader) = self.log_reader.take() {
+                    let _ = reader.join();
+                }
                 bail!("gatewayd exited with {status} during start-up:\n{}", self.logs().join("\n"));
             }
             if self.logs().iter().any(|l| l.contains("gatewayd ready")) && TcpStream::connect(self.addr).await.is_ok() {

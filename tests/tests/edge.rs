@@ -6,7 +6,7 @@
 //! and far above allocator noise.
 
 use anyhow::{Context, Result, bail};
-use gatewayd_e2e::{Daemon, DaemonOptions, PATIENCE};
+use gatewayd_e2e::{Daemon, DaemonOptions, PATIENCE, metric};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,12 +124,6 @@ fn rss(d: &Daemon) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS");
     kb * 1024
-}
-
-/// The value of the metric line starting with `series` (name and labels as printed).
-async fn metric(d: &Daemon, series: &str) -> f64 {
-    let (_, body) = d.admin_get("/metrics").await.expect("metrics");
-    body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
 async fn daemon(main_listener: &str) -> Daemon {

@@ -43,14 +43,6 @@ async fn version_of(c: &mut Client) -> String {
     c.recv_text().await.unwrap()
 }
 
-async fn metric(d: &Daemon, needle: &str) -> f64 {
-    let (_, body) = d.admin_get("/metrics").await.unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(needle))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_keeps_sessions_state_and_pending_invites() {
     let files = tempdir::TempDir::new("gatewayd-reload");
@@ -183,18 +175,6 @@ async fn broken_files_and_failing_init_are_rejected_and_the_old_version_serves()
     wait_for(|| async { d.logs().iter().any(|l| l.contains("config reload rejected")) }).await;
     c.send_text("still-there").await.unwrap();
     assert_eq!(c.recv_text().await.unwrap(), "echo:still-there");
-}
-
-async fn wait_for<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < PATIENCE, "condition not reached in {PATIENCE:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,8 @@ async fn a_scaffolded_ivr_plugin_builds_and_serves_a_call_after_a_reload() {
         }
     }
     assert!(audible > 0, "the greeting prompt is heard");
+    // A choice, kept in the plugin's own table (created from its migration at the reload).
+    c.send_json(&json!({"event": "dtmf", "digit": "1"})).await.unwrap();
     c.send_json(&json!({"event": "hangup"})).await.unwrap();
     loop {
         match c.recv_within(PATIENCE).await.unwrap() {
@@ -88,4 +90,11 @@ async fn a_scaffolded_ivr_plugin_builds_and_serves_a_call_after_a_reload() {
         }
     }
     assert!(d.logs().iter().any(|l| l.contains("plugin added") && l.contains("my-ivr")), "{:#?}", d.logs());
+    sqlx::any::install_default_drivers();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(&d.database_url).await.unwrap();
+    let digits: Vec<String> = sqlx::query_scalar("SELECT digit FROM my_ivr_choices WHERE session_id = 's1'")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(digits, ["1"], "the choice is in the plugin's own table");
 }

@@ -960,16 +960,19 @@ async fn existing_rooms_upgrade_in_place(db: Db) {
     sqlx::any::install_default_drivers();
     let connect_url = if pg.is_some() { url.clone() } else { format!("{url}?mode=rwc") };
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&connect_url).await.unwrap();
-    // The migrations before rooms had businesses (0001-0004), as an older daemon applied them.
+    // The migrations before rooms had businesses (0001-0004), as an older daemon applied them,
+    // when chat's and rooms' tables were still daemon migrations (the same SQL as those
+    // plugins' migrations now).
     let backend = if pg.is_some() { "postgres" } else { "sqlite" };
     let old = dir.path().join("migrations");
     std::fs::create_dir_all(&old).unwrap();
-    for entry in std::fs::read_dir(workspace().join("migrations").join(backend)).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name.as_str() < "0005" {
-            std::fs::copy(&path, old.join(&name)).unwrap();
-        }
+    for (from, to) in [
+        ("migrations/{b}/0001_tenants.sql", "0001_tenants.sql"),
+        ("plugins/chat/migrations/{b}/0001_sessions.sql", "0002_chat.sql"),
+        ("plugins/rooms/migrations/{b}/0001_rooms.sql", "0003_rooms.sql"),
+        ("plugins/chat/migrations/{b}/0002_attachment_index.sql", "0004_chat_attachment_index.sql"),
+    ] {
+        std::fs::copy(workspace().join(from.replace("{b}", backend)), old.join(to)).unwrap();
     }
     sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&mut conn).await.unwrap();
     let now = "2026-01-01T00:00:00.000000Z";
@@ -1006,8 +1009,13 @@ async fn existing_rooms_upgrade_in_place(db: Db) {
         assert_error(&api(&d, "GET", &format!("/rooms/{orphan}"), None).await, 404, "ROOM_NOT_FOUND");
         assert_error(&api_as(&d, "both", "GET", &format!("/rooms/{orphan}"), None).await, 404, "ROOM_NOT_FOUND");
     }
-    // The operator assigns a business; the room is then that business's.
-    sqlx::query("UPDATE rooms SET business_id = 'globex' WHERE id = 'by-both'").execute(&mut conn).await.unwrap();
+    // The operator assigns a business; the room is then that business's. On PostgreSQL the
+    // table moved into the rooms plugin's schema.
+    let table = if pg.is_some() { "plugin_rooms.rooms" } else { "rooms" };
+    sqlx::query(&format!("UPDATE {table} SET business_id = 'globex' WHERE id = 'by-both'"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(api_as(&d, "both", "GET", "/rooms/by-both", None).await.status, 200);
     assert_error(&api(&d, "GET", "/rooms/by-both", None).await, 404, "ROOM_NOT_FOUND");
     drop(d);

@@ -39,6 +39,17 @@ const SDK_WIT: &str = include_str!("../../../plugin-api/wit/gatewayd.wit");
 const IVR_PROTOCOL_LIB: &str = include_str!("../../../plugins/ivr-protocol/src/lib.rs");
 const IVR_TEMPLATE: &str = include_str!("../../../plugins/ivr-menu/src/lib.rs");
 const PROTOCOL_TEMPLATE: &str = include_str!("../../../plugins/echo/src/lib.rs");
+/// The IVR template's own table (`ivr_menu_` becomes the new plugin's prefix).
+const IVR_MIGRATIONS: [(&str, &str); 2] = [
+    (
+        "migrations/sqlite/0001_choices.sql",
+        include_str!("../../../plugins/ivr-menu/migrations/sqlite/0001_choices.sql"),
+    ),
+    (
+        "migrations/postgres/0001_choices.sql",
+        include_str!("../../../plugins/ivr-menu/migrations/postgres/0001_choices.sql"),
+    ),
+];
 const PROMPTS: [(&str, &[u8]); 3] = [
     ("greeting", include_bytes!("../../../plugins/ivr-menu/prompts/greeting.wav")),
     ("option1", include_bytes!("../../../plugins/ivr-menu/prompts/option1.wav")),
@@ -82,6 +93,9 @@ pub fn new_plugin(kind: Kind, name: &str, parent: &Path) -> anyhow::Result<PathB
         files.push(("sdk/gatewayd-ivr-protocol/src/lib.rs".into(), IVR_PROTOCOL_LIB.as_bytes().to_vec()));
         for (prompt, wav) in PROMPTS {
             files.push((format!("prompts/{prompt}.wav").into(), wav.to_vec()));
+        }
+        for (path, sql) in IVR_MIGRATIONS {
+            files.push((path.into(), table_prefix(sql, name).into_bytes()));
         }
     }
     for (path, content) in files {
@@ -157,8 +171,16 @@ fn template(kind: Kind, name: &str) -> String {
         Kind::Ivr => (IVR_TEMPLATE, "ivr-menu"),
         Kind::Protocol => (PROTOCOL_TEMPLATE, "echo"),
     };
-    format!("//! `{name}`: written by `gatewayd plugin new` from gatewayd's `{from}` plugin.\n//!\n{source}")
-        .replace(&format!("[plugins.{from}"), &format!("[plugins.{name}"))
+    let source =
+        format!("//! `{name}`: written by `gatewayd plugin new` from gatewayd's `{from}` plugin.\n//!\n{source}")
+            .replace(&format!("[plugins.{from}"), &format!("[plugins.{name}"));
+    table_prefix(&source, name)
+}
+
+/// Tables of the template (`ivr_menu_...`) named after the new plugin (`my_ivr_...`): on SQLite
+/// all plugins' tables share one namespace, so each plugin prefixes its own.
+fn table_prefix(text: &str, name: &str) -> String {
+    text.replace("ivr_menu_", &format!("{}_", name.replace('-', "_")))
 }
 
 /// The wasm file `cargo build --release` makes.
@@ -186,6 +208,10 @@ media = {{ codec = "l16", rate = 8000 }}
 file = "{wasm}"
 fault_report = "event"
 
+# Its own table ({table}_choices, migrations/): the daemon creates it when it loads the plugin.
+[plugins.{name}.capabilities]
+store = "read-write"
+
 [plugins.{name}.config]
 # Silence after a prompt before re-prompting, ms; re-prompts before hanging up.
 no_input_ms = 5000
@@ -198,6 +224,7 @@ option2 = "{root}/prompts/option2.wav"
 "#,
             wasm = wasm.display(),
             root = root.display(),
+            table = name.replace('-', "_"),
         ),
         Kind::Protocol => format!(
             r#"# Add to the daemon's config (e.g. /etc/gatewayd/gatewayd.toml), then reload:
@@ -277,6 +304,10 @@ mod tests {
         for f in ["Cargo.toml", "src/lib.rs", "sdk/gatewayd-plugin/wit/gatewayd.wit", "prompts/greeting.wav"] {
             assert!(root.join(f).is_file(), "{f}");
         }
+        let table = std::fs::read_to_string(root.join("migrations/sqlite/0001_choices.sql")).unwrap();
+        assert!(table.contains("CREATE TABLE my_ivr_choices") && !table.contains("ivr_menu"), "{table}");
+        let code = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+        assert!(code.contains("INSERT INTO my_ivr_choices") && !code.contains("ivr_menu_"), "the code names its table");
         let snippet = std::fs::read_to_string(root.join("gatewayd.toml")).unwrap();
         assert!(snippet.parse::<toml::Table>().is_ok(), "{snippet}");
         assert!(new_plugin(Kind::Protocol, "my-ivr", &parent).is_err());

@@ -27,6 +27,8 @@ pub struct HostState {
     plugin: Weak<Plugin>,
     name: Arc<str>,
     services: Arc<Services>,
+    /// The plugin's own database connections (see `Plugin::store`).
+    store: Option<crate::store::Store>,
     store_access: StoreAccess,
     files: Option<crate::config::FilesCapability>,
     issue: Option<crate::config::IssueCapability>,
@@ -71,6 +73,7 @@ impl HostState {
             plugin: Arc::downgrade(plugin),
             name: plugin.name.clone(),
             services: plugin.services.clone(),
+            store: plugin.store.read().clone(),
             store_access: capabilities.store,
             files: capabilities.files.clone(),
             issue: capabilities.issue.clone(),
@@ -308,46 +311,17 @@ impl HostState {
         if !shape.single {
             return Err("one_statement: send one statement per call (no `;` but at the end, nothing left open)".into());
         }
-        if CONNECTION_STATEMENTS.contains(&shape.head.as_str()) {
+        if crate::store::plugin_schema::FORBIDDEN.contains(&shape.head.as_str()) {
             return Err(format!(
                 "forbidden: `{}` statements are not available to plugins: they would change the daemon's shared \
                  connections (each statement commits on its own)",
                 shape.head
             ));
         }
-        let db = self.services.store.clone().ok_or_else(|| "no database is configured".to_string())?;
+        let db = self.store.clone().ok_or_else(|| "no database is configured".to_string())?;
         Ok((db, access))
     }
 }
-
-/// Statements a plugin may not run, by first keyword. Transaction control: a plugin's
-/// statements share connections (and, on SQLite, write transactions) with other sessions.
-/// Session state and files: settings, extensions, attached databases, `COPY` and `VACUUM INTO`
-/// files, procedural blocks that may commit.
-const CONNECTION_STATEMENTS: &[&str] = &[
-    "BEGIN",
-    "COMMIT",
-    "END",
-    "ROLLBACK",
-    "ABORT",
-    "START",
-    "SAVEPOINT",
-    "RELEASE",
-    "PREPARE",
-    "PRAGMA",
-    "ATTACH",
-    "DETACH",
-    "VACUUM",
-    "SET",
-    "RESET",
-    "DISCARD",
-    "LOAD",
-    "COPY",
-    "DO",
-    "CALL",
-    "LISTEN",
-    "UNLISTEN",
-];
 
 fn from_wit(v: SqlValue) -> Value {
     match v {
@@ -431,11 +405,11 @@ mod tests {
     fn connection_statements_are_listed_by_head() {
         for sql in [" begin immediate", "COMMIT;", "savepoint a", "/**/COMMIT", "-- x\nPRAGMA query_only = OFF"] {
             let head = crate::store::sql::shape(sql).head;
-            assert!(super::CONNECTION_STATEMENTS.contains(&head.as_str()), "{sql}");
+            assert!(crate::store::plugin_schema::FORBIDDEN.contains(&head.as_str()), "{sql}");
         }
         for sql in ["INSERT INTO ended (x) VALUES (1)", "SELECT 1", "WITH d AS (DELETE FROM t) SELECT 1"] {
             let head = crate::store::sql::shape(sql).head;
-            assert!(!super::CONNECTION_STATEMENTS.contains(&head.as_str()), "{sql}");
+            assert!(!crate::store::plugin_schema::FORBIDDEN.contains(&head.as_str()), "{sql}");
         }
     }
 }

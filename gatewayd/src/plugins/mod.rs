@@ -118,6 +118,8 @@ pub struct Services {
 /// from the config that a reload may change.
 struct Version {
     pre: bindings::ProtocolPre<HostState>,
+    /// The component's `schema` export, when it has one (its own tables).
+    schema: Option<bindings::schema_owner::SchemaOwnerIndices>,
     idle: Mutex<Vec<Warm>>,
     running: Semaphore,
     limits: PluginLimits,
@@ -156,6 +158,7 @@ fn config_hash(config: &PluginConfig) -> String {
 
 struct Warm {
     store: WasmStore<HostState>,
+    instance: wasmtime::component::Instance,
     bindings: Protocol,
 }
 
@@ -166,6 +169,9 @@ pub struct Plugin {
     kv: kv::Kv,
     timers: timers::Timers,
     services: Arc<Services>,
+    /// The plugin's own connections to the database, with its rights
+    /// ([`Store::for_plugin`]); opened when a version with the `store` capability loads.
+    store: RwLock<Option<Store>>,
     engine: Engine,
     stats: stats::PluginStats,
 }
@@ -201,20 +207,44 @@ impl Runtime {
     async fn load_plugin(&self, name: &str, config: &PluginConfig) -> anyhow::Result<Arc<Plugin>> {
         let started = Instant::now();
         let version = self.build(name, config).await?;
+        let store = self.plugin_store(name, config, None).await?;
         let plugin = Arc::new(Plugin {
             name: name.into(),
             current: RwLock::new(Arc::new(version)),
             kv: kv::Kv::default(),
             timers: timers::Timers::default(),
             services: self.services.clone(),
+            store: RwLock::new(store),
             engine: self.engine.clone(),
             stats: stats::PluginStats::new(&self.services.metrics, name),
         });
         let version = plugin.current.read().clone();
+        plugin.migrate(&version).await.with_context(|| format!("plugin `{name}`: schema refused"))?;
         plugin.init(&version).await.with_context(|| format!("plugin `{name}`: init failed"))?;
         plugin.stats.loaded(started.elapsed(), &version.info, None);
         tracing::info!(plugin = %name, file = %config.file.display(), version = %plugin.version().hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
         Ok(plugin)
+    }
+
+    /// The plugin's own store when `config` gives it the `store` capability and the daemon has
+    /// a database: `current` if it has one already, else newly opened.
+    async fn plugin_store(
+        &self,
+        name: &str,
+        config: &PluginConfig,
+        current: Option<Store>,
+    ) -> anyhow::Result<Option<Store>> {
+        let (Some(daemon), true) =
+            (&self.services.store, config.capabilities.store != crate::config::StoreAccess::None)
+        else {
+            return Ok(current);
+        };
+        match current {
+            Some(store) => Ok(Some(store)),
+            None => Ok(Some(
+                daemon.for_plugin(name).await.with_context(|| format!("plugin `{name}`: its database access"))?,
+            )),
+        }
     }
 
     /// Compile and link a version of plugin `name` (not yet initialised).
@@ -230,10 +260,12 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("plugin `{name}`: does not fit the gatewayd:plugin@0.1.0 protocol world: {e}")
         })?;
+        let schema = bindings::schema_owner::SchemaOwnerIndices::new(&pre).ok();
         let pre = bindings::ProtocolPre::new(pre).map_err(|e| anyhow::anyhow!("plugin `{name}`: {e}"))?;
         let config_json = serde_json::to_string(&config.config).context("plugin config to JSON")?;
         Ok(Version {
             pre,
+            schema,
             idle: Mutex::new(Vec::new()),
             running: Semaphore::new(config.limits.max_instances),
             limits: config.limits.clone(),
@@ -322,6 +354,10 @@ impl Runtime {
         }
         let started = Instant::now();
         let version = Arc::new(self.build(&plugin.name, config).await?);
+        let current_store = plugin.store.read().clone();
+        let store = self.plugin_store(&plugin.name, config, current_store).await?;
+        *plugin.store.write() = store;
+        plugin.migrate(&version).await.context("schema refused")?;
         plugin.init(&version).await.context("init failed")?;
         let old = std::mem::replace(&mut *plugin.current.write(), version.clone());
         plugin.stats.loaded(started.elapsed(), &version.info, Some(&old.info));
@@ -391,6 +427,46 @@ impl Plugin {
         }
     }
 
+    /// Apply the migrations `version` ships (its `schema` export) before it serves: see
+    /// [`crate::store::plugin_schema`]. Without the `store` capability (or a database) they are
+    /// skipped: the plugin could not use its tables anyway.
+    async fn migrate(self: &Arc<Self>, version: &Version) -> anyhow::Result<()> {
+        let Some(indices) = &version.schema else { return Ok(()) };
+        let store = self.services.store.as_ref();
+        let backend = match store.map(|s| s.backend()) {
+            Some(crate::store::Backend::Postgres) => "postgres",
+            _ => "sqlite",
+        };
+        let mut warm = self.instantiate(version).await.map_err(|f| anyhow::anyhow!("{f}"))?;
+        let owner = indices.load(&mut warm.store, &warm.instance).map_err(|e| anyhow::anyhow!("{e}"))?;
+        arm(&mut warm.store, version.event_limit);
+        let listed = owner.gatewayd_plugin_schema().call_migrations(&mut warm.store, backend).await;
+        let listed = listed.map_err(|e| anyhow::anyhow!("migrations: {}", classify(&warm, e, &version.limits)))?;
+        if listed.is_empty() {
+            return Ok(());
+        }
+        let own = self.store.read().clone();
+        let (Some(daemon), Some(own), true) =
+            (store, own, version.capabilities.store != crate::config::StoreAccess::None)
+        else {
+            // Its tables are of no use to it without the capability: it runs without them.
+            tracing::info!(plugin = %self.name, migrations = listed.len(), "the plugin ships tables but has no store capability (or there is no database): not created");
+            return Ok(());
+        };
+        let migrations: Vec<_> = listed
+            .into_iter()
+            .map(|m| crate::store::plugin_schema::Migration { version: m.version, name: m.name, sql: m.sql })
+            .collect();
+        let report = crate::store::plugin_schema::apply(daemon, &own, &migrations).await?;
+        if !report.applied.is_empty() {
+            tracing::info!(plugin = %self.name, versions = ?report.applied, "plugin migrations applied");
+        }
+        if !report.unknown.is_empty() {
+            tracing::warn!(plugin = %self.name, versions = ?report.unknown, "the database has plugin migrations this version does not list (an older version?); it runs on the newer schema");
+        }
+        Ok(())
+    }
+
     async fn instantiate(self: &Arc<Plugin>, version: &Version) -> Result<Warm, Fault> {
         let state = HostState::new(self, version.limits.memory_mb, &version.capabilities, version.config_json.clone());
         let mut store = WasmStore::new(&self.engine, state);
@@ -415,9 +491,14 @@ impl Plugin {
             })
         });
         arm(&mut store, INSTANTIATE_LIMIT);
-        let bindings =
-            version.pre.instantiate_async(&mut store).await.map_err(|e| Fault::Instantiate(format!("{e}")))?;
-        Ok(Warm { store, bindings })
+        let instance = version
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Fault::Instantiate(format!("{e}")))?;
+        let bindings = Protocol::new(&mut store, &instance).map_err(|e| Fault::Instantiate(format!("{e}")))?;
+        Ok(Warm { store, instance, bindings })
     }
 
     /// Run one event. Returns the HTTP response for `Event::Http`, and always hands the

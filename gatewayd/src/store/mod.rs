@@ -1,6 +1,7 @@
 //! Storage (DESIGN section 6): one sqlx code path for SQLite (default, WAL, a file under the
-//! state directory) and PostgreSQL. Migrations live in `migrations/<backend>/` and are compiled
-//! into the binary; they run at start-up and with `gatewayd migrate`.
+//! state directory) and PostgreSQL. The daemon's migrations live in `migrations/<backend>/` and
+//! are compiled into the binary; they run at start-up and with `gatewayd migrate`. Plugins ship
+//! their own, applied when the plugin loads ([`plugin_schema`]).
 //!
 //! SQL uses `$1`, `$2`, ... placeholders, which both backends accept.
 //!
@@ -16,7 +17,10 @@
 //! interrupt from a progress handler ([`deadline`]). An expired statement is cancelled at the
 //! database and fails with [`StoreError::Timeout`].
 
+pub mod authorizer;
 pub mod deadline;
+pub mod plugin_schema;
+pub mod roles;
 pub mod sql;
 pub mod tenants;
 pub mod writer;
@@ -26,6 +30,7 @@ use futures_util::TryStreamExt;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row, TypeInfo, ValueRef};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Which database the pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,11 @@ pub enum StoreError {
     /// A write with read access (refused before it ran, or by the database).
     #[error("read_only: this statement writes, and only reads are allowed")]
     ReadOnly,
+    /// The database refused a table or action the statement's plugin has no right to (another
+    /// plugin's tables, a daemon table, a schema change outside a migration): SQLite's
+    /// authorizer, PostgreSQL's privileges (docs/security.md "Plugin tables").
+    #[error("forbidden: the database refused it for this plugin ({0})")]
+    Forbidden(String),
     #[error("{0}")]
     Database(#[from] sqlx::Error),
 }
@@ -90,6 +100,16 @@ pub struct Store {
     /// Writes (anything but one `SELECT`/`WITH`) go through group commit: one write connection
     /// on SQLite, [`postgres_writers`] on PostgreSQL.
     writer: writer::Writer,
+    /// The plugin this store's connections run statements for ([`Store::for_plugin`]); `None`:
+    /// the daemon's own store.
+    plugin: Option<Arc<str>>,
+    /// Read connections at most (scoped stores get as many).
+    max_connections: u32,
+    /// SQLite: taken by every writer of this database around its transactions (the daemon's
+    /// and each plugin's), so writers queue here rather than in SQLite's sleeping busy handler.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// PostgreSQL: the URL write connections use (the login, start-up settings).
+    writer_url: Option<String>,
 }
 
 /// SQLite settings of every connection. Pages are read through a memory map (no copy per
@@ -134,8 +154,17 @@ pub fn is_single_read(sql: &str) -> bool {
     shape.single && (shape.head == "SELECT" || shape.head == "WITH")
 }
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+/// The daemon's migrations. Versions 2 to 6 were chat's and rooms' tables; they moved into those
+/// plugins ([`plugin_schema`]) and are missing here on purpose: a database that applied them
+/// keeps them, and version 7 records them in the plugins' ledger.
+fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    let mut migrator = match backend {
+        Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+    };
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 impl Store {
     /// Connect to `url` (`sqlite://<path>`, relative to `state_dir`, or `postgres://...`).
@@ -151,6 +180,7 @@ impl Store {
     ) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         deadline::install();
+        authorizer::install();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let (path, _) = path.split_once('?').unwrap_or((path, ""));
             let path = if Path::new(path).is_absolute() { Path::new(path).to_path_buf() } else { state_dir.join(path) };
@@ -161,74 +191,49 @@ impl Store {
         } else {
             (Backend::Postgres, url.to_string())
         };
-        // PostgreSQL settings go in the start-up packet: they are the session defaults that
-        // `RESET ALL` returns to.
-        let timeout_ms = statement_timeout.map_or(0, |d| d.as_millis().max(1));
-        let with_options = |options: &[(&str, String)]| {
-            let mut u = url.clone();
-            for (i, (k, v)) in options.iter().enumerate() {
-                let sep = if i == 0 && !url.contains('?') { '?' } else { '&' };
-                u.push_str(&format!("{sep}options[{k}]={v}"));
-            }
-            u
-        };
-        let (read_url, write_url) = match backend {
-            Backend::Sqlite => (url.clone(), url.clone()),
-            Backend::Postgres => {
-                let timeout = ("statement_timeout", timeout_ms.to_string());
-                let read_only = ("default_transaction_read_only", "on".to_string());
-                (with_options(&[timeout.clone(), read_only]), with_options(&[timeout]))
-            }
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            // A SQLite connection is a file handle: a ping before each use is a wasted round
-            // trip to its worker thread.
-            .test_before_acquire(backend == Backend::Postgres)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        sqlite_pragmas(conn).await?;
-                        sqlx::query("PRAGMA query_only = ON").execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .after_release(move |conn, _meta| {
-                Box::pin(async move {
-                    // Undo what a statement may have changed in the session: settings
-                    // (`set_config(...)`), the role, advisory locks. Simple query protocol.
-                    if backend == Backend::Postgres {
-                        conn.execute(RESET_SESSION).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect(&read_url)
-            .await
-            .with_context(|| format!("connecting to the {backend:?} database"))?;
-        let writer = match backend {
-            Backend::Sqlite => {
-                let mut conn = AnyConnection::connect(&url).await.context("opening the SQLite write connection")?;
-                sqlite_pragmas(&mut conn).await?;
-                for pragma in SQLITE_WRITER_PRAGMAS {
-                    sqlx::query(pragma).execute(&mut conn).await?;
-                }
-                tokio::spawn(checkpoint_loop(pool.clone()));
-                writer::Writer::spawn(vec![conn], backend, None)
-            }
-            Backend::Postgres => {
-                let mut conns = Vec::new();
-                for _ in 0..postgres_writers(max_connections) {
-                    conns.push(
-                        AnyConnection::connect(&write_url).await.context("opening a PostgreSQL write connection")?,
-                    );
-                }
-                writer::Writer::spawn(conns, backend, Some(write_url))
-            }
-        };
+        let base = Base { backend, url, max_connections, statement_timeout, write_lock: Arc::default() };
+        let daemon_url = base.url.clone();
+        let store = base.open(None, &daemon_url, postgres_writers(max_connections)).await?;
         deadline::set_limit(statement_timeout);
-        Ok(Store { pool, backend, url, statement_timeout, writer })
+        Ok(store)
+    }
+
+    /// A store whose connections run statements for `plugin`, with the rights the database
+    /// gives it: its own tables and reads of the shared tenant tables (docs/security.md
+    /// "Plugin tables"). SQLite: connections of its own whose authorizer knows the plugin
+    /// ([`authorizer`]), sharing the database's write lock. PostgreSQL: connections logged in
+    /// as the plugin's role, with its schema first on the search path ([`roles`]); the role
+    /// and schema are created (or checked) first, which needs `CREATEROLE`.
+    pub async fn for_plugin(&self, plugin: &str) -> anyhow::Result<Store> {
+        let base = self.base();
+        match self.backend {
+            Backend::Sqlite => {
+                plugin_schema::adopt_legacy_sqlite(self, plugin).await?;
+                base.open(Some(plugin.into()), &self.url, 1).await
+            }
+            Backend::Postgres => {
+                let login = roles::provision(self, plugin).await?;
+                let writers = (postgres_writers(self.max_connections) / 2).max(1);
+                base.open(Some(plugin.into()), &login.url, writers).await.with_context(|| {
+                    format!("connecting as the role `{}` of plugin `{plugin}` (docs/operating.md)", login.role)
+                })
+            }
+        }
+    }
+
+    fn base(&self) -> Base {
+        Base {
+            backend: self.backend,
+            url: self.url.clone(),
+            max_connections: self.max_connections,
+            statement_timeout: self.statement_timeout,
+            write_lock: self.write_lock.clone(),
+        }
+    }
+
+    /// The plugin this store runs statements for (`None`: the daemon).
+    pub fn plugin(&self) -> Option<&str> {
+        self.plugin.as_deref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -239,10 +244,7 @@ impl Store {
     /// statement time limit (a migration may rewrite a large table). Run it at start-up, before
     /// anything else uses the store: on SQLite the limit is lifted process-wide meanwhile.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
+        let migrator = migrator(self.backend);
         deadline::set_limit(None);
         let result = async {
             let mut conn = AnyConnection::connect(&self.url).await.context("opening the migration connection")?;
@@ -250,6 +252,16 @@ impl Store {
                 sqlite_pragmas(&mut conn).await?;
             }
             migrator.run(&mut conn).await.context("applying migrations")?;
+            if self.backend == Backend::Sqlite {
+                let tables: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+                        .fetch_all(&mut conn)
+                        .await?;
+                let rows = sqlx::query("SELECT name, plugin FROM plugin_objects").fetch_all(&mut conn).await?;
+                let owners =
+                    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?;
+                authorizer::load(tables, owners);
+            }
             conn.close().await?;
             anyhow::Ok(())
         }
@@ -313,6 +325,8 @@ impl Store {
             Backend::Sqlite if deadline::is_interrupt(&e) => StoreError::Timeout(self.statement_timeout),
             Backend::Postgres if code == "57014" => StoreError::Timeout(self.statement_timeout),
             _ if self.is_read_only_violation(&e) => StoreError::ReadOnly,
+            Backend::Sqlite if code.parse::<i32>().is_ok_and(|c| c & 0xff == 23) => forbidden(&e),
+            Backend::Postgres if code == "42501" => forbidden(&e),
             _ => StoreError::Database(e),
         }
     }
@@ -336,6 +350,134 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await
     }
+}
+
+/// What opening connections to the daemon's database needs (shared by the daemon's store and
+/// the plugins' scoped ones).
+struct Base {
+    backend: Backend,
+    /// The daemon's URL (SQLite: the file, `mode=rwc`).
+    url: String,
+    max_connections: u32,
+    statement_timeout: Option<std::time::Duration>,
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Base {
+    /// Open a store's connections at `connect_url` (a plugin's role on PostgreSQL), running
+    /// statements for `plugin` (`None`: the daemon). PostgreSQL gets `pg_writers` write
+    /// connections.
+    async fn open(self, plugin: Option<Arc<str>>, connect_url: &str, pg_writers: u32) -> anyhow::Result<Store> {
+        let backend = self.backend;
+        // PostgreSQL settings go in the start-up packet: they are the session defaults that
+        // `RESET ALL` returns to. A plugin's schema comes first on its search path.
+        let timeout_ms = self.statement_timeout.map_or(0, |d| d.as_millis().max(1));
+        let with_options = |options: &[(&str, String)]| {
+            let mut u = connect_url.to_string();
+            for (i, (k, v)) in options.iter().enumerate() {
+                let sep = if i == 0 && !connect_url.contains('?') { '?' } else { '&' };
+                u.push_str(&format!("{sep}options[{k}]={v}"));
+            }
+            u
+        };
+        let (read_url, write_url) = match backend {
+            Backend::Sqlite => (connect_url.to_string(), connect_url.to_string()),
+            Backend::Postgres => {
+                let mut common = vec![("statement_timeout", timeout_ms.to_string())];
+                if let Some(p) = &plugin {
+                    common.push(("search_path", format!("{}%2Cpublic", roles::schema(p))));
+                }
+                let mut read = common.clone();
+                read.push(("default_transaction_read_only", "on".to_string()));
+                (with_options(&read), with_options(&common))
+            }
+        };
+        let identity = plugin.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(self.max_connections)
+            // A SQLite connection is a file handle: a ping before each use is a wasted round
+            // trip to its worker thread.
+            .test_before_acquire(backend == Backend::Postgres)
+            .after_connect(move |conn, _meta| {
+                let identity = identity.clone();
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlite_pragmas(conn).await?;
+                        sqlx::query("PRAGMA query_only = ON").execute(&mut *conn).await?;
+                        if let Some(p) = &identity {
+                            set_identity(conn, p, authorizer::MODE_PLUGIN).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .after_release(move |conn, _meta| {
+                Box::pin(async move {
+                    // Undo what a statement may have changed in the session: settings
+                    // (`set_config(...)`), advisory locks. Simple query protocol.
+                    if backend == Backend::Postgres {
+                        conn.execute(RESET_SESSION).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect(&read_url)
+            .await
+            .with_context(|| format!("connecting to the {backend:?} database"))?;
+        let writer = match backend {
+            Backend::Sqlite => {
+                let mut conn =
+                    AnyConnection::connect(connect_url).await.context("opening the SQLite write connection")?;
+                sqlite_pragmas(&mut conn).await?;
+                for pragma in SQLITE_WRITER_PRAGMAS {
+                    sqlx::query(pragma).execute(&mut conn).await?;
+                }
+                match &plugin {
+                    Some(p) => set_identity(&mut conn, p, authorizer::MODE_PLUGIN).await?,
+                    None => {
+                        // The daemon's store checkpoints the WAL for everyone.
+                        tokio::spawn(checkpoint_loop(pool.clone()));
+                    }
+                }
+                writer::Writer::spawn(vec![conn], backend, None, Some(self.write_lock.clone()))
+            }
+            Backend::Postgres => {
+                let mut conns = Vec::new();
+                for _ in 0..pg_writers {
+                    conns.push(
+                        AnyConnection::connect(&write_url).await.context("opening a PostgreSQL write connection")?,
+                    );
+                }
+                writer::Writer::spawn(conns, backend, Some(write_url.clone()), None)
+            }
+        };
+        Ok(Store {
+            pool,
+            backend,
+            url: self.url,
+            statement_timeout: self.statement_timeout,
+            writer,
+            plugin,
+            max_connections: self.max_connections,
+            write_lock: self.write_lock,
+            writer_url: (backend == Backend::Postgres).then_some(write_url),
+        })
+    }
+}
+
+fn forbidden(e: &sqlx::Error) -> StoreError {
+    StoreError::Forbidden(e.as_database_error().map_or_else(|| e.to_string(), |d| d.message().to_string()))
+}
+
+/// SQLite: make `conn` run its statements for `plugin` ([`authorizer`]).
+async fn set_identity(conn: &mut AnyConnection, plugin: &str, mode: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(authorizer::SET_IDENTITY)
+        .bind(authorizer::key())
+        .bind(plugin)
+        .bind(mode)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
 }
 
 /// Checkpoint the WAL every [`CHECKPOINT_EVERY`] on a pool connection. `PASSIVE` copies what

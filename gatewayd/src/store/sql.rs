@@ -78,6 +78,53 @@ pub fn shape(sql: &str) -> Shape {
     Shape { head, single }
 }
 
+/// The statements of a script (a plugin migration), each without its `;` and the comments
+/// and whitespace before it; `None` when the text leaves a literal, quoted identifier or block
+/// comment open. The same lexing as [`shape`]: no dollar quoting, so a PostgreSQL function body
+/// with `;` inside splits into pieces that fail to run (never into a statement it did not
+/// contain).
+pub fn split(sql: &str) -> Option<Vec<&str>> {
+    let b = sql.as_bytes();
+    let mut statements = Vec::new();
+    let mut start = None;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if is_space(c) {
+            i += 1;
+            continue;
+        }
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = sql[i..].find('\n').map_or(b.len(), |e| i + e + 1);
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map(|e| i + 2 + e + 2)?;
+                continue;
+            }
+            b';' => {
+                if let Some(s) = start.take() {
+                    statements.push(sql[s..i].trim_end_matches(|c: char| c.is_ascii() && is_space(c as u8)));
+                }
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        start.get_or_insert(i);
+        i = match c {
+            b'\'' | b'"' | b'`' => closing(b, i + 1, c)? + 1,
+            b'[' => i + sql[i..].find(']')? + 1,
+            _ => i + 1,
+        };
+    }
+    if let Some(s) = start {
+        statements.push(sql[s..].trim_end_matches(|c: char| c.is_ascii() && is_space(c as u8)));
+    }
+    Some(statements)
+}
+
 /// SQL whitespace, as SQLite's tokenizer has it: space, tab, line feed, vertical tab, form feed,
 /// carriage return (Rust's `is_ascii_whitespace` leaves out the vertical tab).
 pub fn is_space(c: u8) -> bool {
@@ -130,5 +177,19 @@ mod tests {
         assert_eq!(shape("SELECT 1;; DELETE FROM t"), s("SELECT", false));
         // Found by the fuzzer: a vertical tab is whitespace to SQLite.
         assert_eq!(shape("E;\x0b "), s("E", true));
+    }
+
+    #[test]
+    fn scripts_split_into_statements() {
+        let script = "-- a table\nCREATE TABLE t (a TEXT DEFAULT ';');\n/* x; */ CREATE INDEX i ON t(a) ;;\n";
+        assert_eq!(split(script), Some(vec!["CREATE TABLE t (a TEXT DEFAULT ';')", "CREATE INDEX i ON t(a)"]));
+        assert_eq!(split("SELECT \"a;b\", [c;d] -- ;\n"), Some(vec!["SELECT \"a;b\", [c;d] -- ;"]));
+        assert_eq!(split("  ;; -- nothing\n"), Some(vec![]));
+        assert_eq!(split("SELECT 'open"), None);
+        assert_eq!(split("SELECT 1; /* open"), None);
+        // Each piece is one statement as `shape` sees it.
+        for piece in split(script).unwrap() {
+            assert!(shape(piece).single);
+        }
     }
 }

@@ -108,11 +108,19 @@ impl Writer {
     /// Start one writer task per connection in `conns` (connections of their own, used for
     /// nothing else); they take batches off one queue. SQLite must get exactly one. With
     /// `reconnect_to` (PostgreSQL), a task whose connection broke opens a new one there.
-    pub fn spawn(conns: Vec<AnyConnection>, backend: Backend, reconnect_to: Option<String>) -> Writer {
+    /// With `write_lock` (SQLite), each task holds it while it runs what it took off the queue:
+    /// several writers of one database (the daemon's, each plugin's) then take turns here
+    /// instead of meeting SQLite's lock and sleeping in its busy handler.
+    pub fn spawn(
+        conns: Vec<AnyConnection>,
+        backend: Backend,
+        reconnect_to: Option<String>,
+        write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> Writer {
         let (queue, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for conn in conns {
-            tokio::spawn(run(conn, rx.clone(), backend, reconnect_to.clone()));
+            tokio::spawn(run(conn, rx.clone(), backend, reconnect_to.clone(), write_lock.clone()));
         }
         Writer { queue, statements: Arc::default() }
     }
@@ -158,10 +166,15 @@ async fn run(
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
     backend: Backend,
     reconnect_to: Option<String>,
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut writes = Vec::with_capacity(MAX_BATCH);
     while rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let _turn = match &write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         let mut failed = false;
         for job in jobs.drain(..) {
             match job {

@@ -1,5 +1,6 @@
-//! The chat tables (migrations 0002_chat): `chat_sessions` and `chat_timeline`. Placeholders
-//! are `$1`, `$2`, ... on SQLite and PostgreSQL; integers are BIGINT on PostgreSQL.
+//! The chat tables (this plugin's migrations, `plugins/chat/migrations`): `chat_sessions` and
+//! `chat_timeline`. Placeholders are `$1`, `$2`, ... on SQLite and PostgreSQL; integers are
+//! BIGINT on PostgreSQL.
 
 use gatewayd_plugin::{SqlValue, store};
 

@@ -29,6 +29,16 @@ impl Protocol for Chat {
         settings::Settings::load().map(|_| ())
     }
 
+    /// Chat's tables (`plugins/chat/migrations/<backend>/`): sessions and their timeline, the
+    /// attachment index, upload quotas.
+    fn migrations(backend: &str) -> Vec<gatewayd_plugin::Migration> {
+        gatewayd_plugin::migrations!(backend, "../migrations", [
+            1 => "0001_sessions",
+            2 => "0002_attachment_index",
+            3 => "0003_quotas",
+        ])
+    }
+
     fn on_open(info: ConnectInfo) {
         socket::open(info)
     }

@@ -19,8 +19,13 @@
 //! - anything else: echoed back as `echo:<text>`.
 //!
 //! Config: `fail_init = true` makes `init` fail (a version that must be rejected on load).
+//!
+//! Tables, with config `tables = true` (which needs the `store` capability): migration 1
+//! creates `fault_notes (id TEXT PRIMARY KEY, body TEXT)`; the `v2` build adds migration 2
+//! (`fault_notes.v2`). Config `extra_migration = "<sql>"` adds one more migration with that SQL
+//! (hostile or broken schema changes, which the daemon must refuse).
 
-use gatewayd_plugin::{ConnectionId, Protocol, auth, conn, session, store, tokens};
+use gatewayd_plugin::{ConnectionId, Migration, Protocol, auth, conn, session, store, tokens};
 
 struct FaultTest;
 
@@ -30,14 +35,33 @@ const VERSION: &str = if cfg!(feature = "v2") { "2" } else { "1" };
 #[serde(default)]
 struct Config {
     fail_init: bool,
+    tables: bool,
+    extra_migration: Option<String>,
 }
 
 impl Protocol for FaultTest {
     fn init() -> Result<(), String> {
         match gatewayd_plugin::config::load::<Config>()? {
-            Config { fail_init: true } => Err("fault-test: init failure requested by config".into()),
+            Config { fail_init: true, .. } => Err("fault-test: init failure requested by config".into()),
             _ => Ok(()),
         }
+    }
+
+    fn migrations(_backend: &str) -> Vec<Migration> {
+        let config = gatewayd_plugin::config::load::<Config>().unwrap_or_default();
+        if !config.tables {
+            return Vec::new();
+        }
+        let step = |version: u32, name: &str, sql: &str| Migration { version, name: name.into(), sql: sql.into() };
+        let mut list =
+            vec![step(1, "notes", "CREATE TABLE fault_notes (id TEXT PRIMARY KEY, body TEXT NOT NULL DEFAULT '')")];
+        if cfg!(feature = "v2") {
+            list.push(step(2, "notes_v2", "ALTER TABLE fault_notes ADD COLUMN v2 INTEGER"));
+        }
+        if let Some(sql) = &config.extra_migration {
+            list.push(step(list.len() as u32 + 1, "extra", sql));
+        }
+        list
     }
 
     fn on_text(id: ConnectionId, text: String) {

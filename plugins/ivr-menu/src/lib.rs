@@ -5,9 +5,15 @@
 //! Prompts are audio files named in the config (`[plugins.ivr-menu.media.files]`); the host
 //! plays them paced in real time and reports the `prompt-end` mark once a prompt has actually
 //! been sent, which is when the silence timer starts.
+//!
+//! Its own table, `ivr_menu_choices` (`migrations/<backend>/0001_choices.sql`, applied by the
+//! daemon when it loads the plugin), keeps every digit a caller chose, with the `store =
+//! "read-write"` capability; without it the menu works the same and keeps nothing.
 
 use gatewayd_ivr_protocol::{self as protocol, ClientEvent, ProtocolError};
-use gatewayd_plugin::{ConnectionId, MediaEvent, Protocol, config, media, session, timers};
+use gatewayd_plugin::{
+    ConnectionId, MediaEvent, Migration, Protocol, SqlValue, config, log, media, session, store, timers,
+};
 use serde::{Deserialize, Serialize};
 
 /// `[plugins.ivr-menu.config]`.
@@ -30,6 +36,8 @@ impl Default for Config {
 #[derive(Serialize, Deserialize, Default)]
 struct Call {
     in_call: bool,
+    /// The `incoming_call`'s `sessionId`.
+    session_id: String,
     /// Silent re-prompts so far.
     reprompts: u32,
 }
@@ -46,6 +54,16 @@ fn play(id: ConnectionId, name: &str) {
     }
 }
 
+/// Keep a caller's choice in the plugin's own table (when it has the `store` capability).
+fn remember(call: &Call, digit: char) {
+    let sql = "INSERT INTO ivr_menu_choices (session_id, digit, chosen_at_ms) VALUES ($1, $2, $3)";
+    let now = gatewayd_plugin::rate::now_ms() as i64;
+    let params = [SqlValue::Text(call.session_id.clone()), SqlValue::Text(digit.to_string()), SqlValue::Integer(now)];
+    if let Err(e) = store::execute(sql, &params) {
+        log::debug(&format!("choice not kept: {e}"));
+    }
+}
+
 struct Menu;
 
 impl Protocol for Menu {
@@ -53,15 +71,21 @@ impl Protocol for Menu {
         config::load::<Config>().map(|_| ())
     }
 
+    /// The plugin's own table (`migrations/<backend>/`).
+    fn migrations(backend: &str) -> Vec<Migration> {
+        gatewayd_plugin::migrations!(backend, "../migrations", [1 => "0001_choices"])
+    }
+
     fn on_text(id: ConnectionId, text: String) {
         let mut call: Call = session::load().unwrap_or_default();
         match protocol::parse(&text, call.in_call) {
             Err(e) => protocol::send_error(id, &e),
-            Ok(ClientEvent::IncomingCall { .. }) => {
+            Ok(ClientEvent::IncomingCall { session_id, .. }) => {
                 if let Err(e) = media::answer(id) {
                     return protocol::send_error(id, &ProtocolError::new("media_unavailable", e));
                 }
                 call.in_call = true;
+                call.session_id = session_id;
                 session::save(&call);
                 protocol::send_answer(id);
                 play(id, "greeting");
@@ -69,6 +93,7 @@ impl Protocol for Menu {
             Ok(ClientEvent::Dtmf { digit }) => {
                 call.reprompts = 0;
                 session::save(&call);
+                remember(&call, digit);
                 match digit {
                     '1' => play(id, "option1"),
                     '2' => play(id, "option2"),

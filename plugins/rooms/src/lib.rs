@@ -29,6 +29,12 @@ impl Protocol for Rooms {
         lifecycle::Config::load_checked().map(|_| ())
     }
 
+    /// Rooms' tables (`plugins/rooms/migrations/<backend>/`): rooms, participants, sessions,
+    /// and the business each belongs to.
+    fn migrations(backend: &str) -> Vec<gatewayd_plugin::Migration> {
+        gatewayd_plugin::migrations!(backend, "../migrations", [1 => "0001_rooms", 2 => "0002_business"])
+    }
+
     fn on_open(info: ConnectInfo) {
         ws::open(&info);
     }

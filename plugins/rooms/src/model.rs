@@ -1,5 +1,5 @@
-//! Durable state of the rooms protocol in the daemon's database (`store`, migrations
-//! `0003_rooms.sql` and `0006_rooms_business.sql`): rooms (each of a business), participants
+//! Durable state of the rooms protocol in the daemon's database (`store`, this plugin's
+//! migrations `plugins/rooms/migrations`): rooms (each of a business), participants
 //! and sessions (one per participant stay).
 //!
 //! Every function is one or two parameterised statements with `$n` placeholders, valid on both
