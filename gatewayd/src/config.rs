@@ -874,13 +874,24 @@ mod tests {
         assert_eq!((caps.connect_timeout_ms, caps.idle_timeout_ms, caps.max_streams), (10_000, 30_000, 128));
         assert_eq!(caps.max_response_bytes, 16 * 1024 * 1024);
 
-        let with = |extra: &str| MINIMAL.replace("file = \"x.wasm\"", &format!("file = \"x.wasm\"\n[plugins.x.capabilities]\n{extra}"));
-        let c = Config::parse(&with("connect = [\"api.deepgram.com:443\", \"[::1]:9443\"]\nmax_streams = 2"), Path::new("/"))
-            .unwrap();
+        let with = |extra: &str| {
+            MINIMAL.replace("file = \"x.wasm\"", &format!("file = \"x.wasm\"\n[plugins.x.capabilities]\n{extra}"))
+        };
+        let c = Config::parse(
+            &with("connect = [\"api.deepgram.com:443\", \"[::1]:9443\"]\nmax_streams = 2"),
+            Path::new("/"),
+        )
+        .unwrap();
         assert_eq!(c.plugins["x"].capabilities.max_streams, 2);
         for (extra, expected) in [
-            ("connect = [\"a:443\", \"api.deepgram.com\"]", "plugins.x.capabilities.connect[1]: `api.deepgram.com` needs a port (host:port)"),
-            ("connect = [\"::1:443\"]", "plugins.x.capabilities.connect[0]: `::1:443`: write an IPv6 address in brackets, e.g. [::1]:443"),
+            (
+                "connect = [\"a:443\", \"api.deepgram.com\"]",
+                "plugins.x.capabilities.connect[1]: `api.deepgram.com` needs a port (host:port)",
+            ),
+            (
+                "connect = [\"::1:443\"]",
+                "plugins.x.capabilities.connect[0]: `::1:443`: write an IPv6 address in brackets, e.g. [::1]:443",
+            ),
             ("idle_timeout_ms = 0", "plugins.x.capabilities.idle_timeout_ms: must be between 100 and 86400000 ms"),
             ("max_streams = 0", "plugins.x.capabilities.max_streams: must be 1 to 100000"),
             ("max_response_bytes = 0", "plugins.x.capabilities.max_response_bytes: must be at least 1"),
@@ -892,7 +903,10 @@ mod tests {
     #[test]
     fn secret_env_is_read_at_load_and_never_printed() {
         let with = |var: &str| {
-            MINIMAL.replace("file = \"x.wasm\"", &format!("file = \"x.wasm\"\n[plugins.x.capabilities]\nsecret_env = {{ api_key = \"{var}\" }}"))
+            MINIMAL.replace(
+                "file = \"x.wasm\"",
+                &format!("file = \"x.wasm\"\n[plugins.x.capabilities]\nsecret_env = {{ api_key = \"{var}\" }}"),
+            )
         };
         let e = Config::parse(&with("GATEWAYD_TEST_UNSET_SECRET_VAR"), Path::new("/")).unwrap_err().to_string();
         assert_eq!(e, "plugins.x.capabilities.secret_env.api_key: $GATEWAYD_TEST_UNSET_SECRET_VAR is not set");

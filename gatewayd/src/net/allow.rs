@@ -81,16 +81,22 @@ pub struct Allowlist(Vec<Endpoint>);
 impl Allowlist {
     /// Parse every entry. Errors: `(index, message)` of the first bad one.
     pub fn parse(entries: &[String]) -> Result<Allowlist, (usize, String)> {
-        entries.iter().enumerate().map(|(i, e)| Endpoint::parse(e).map_err(|m| (i, m))).collect::<Result<_, _>>().map(Allowlist)
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Endpoint::parse(e).map_err(|m| (i, m)))
+            .collect::<Result<_, _>>()
+            .map(Allowlist)
     }
 
     /// The entry equal to `host:port`, or `NotAllowed` (checked before any lookup).
     pub fn check(&self, host: &Host<&str>, port: u16) -> Result<Endpoint, OutboundError> {
         let wanted = Endpoint { host: normalise(host.to_owned()), port };
-        self.0.iter().find(|e| **e == wanted).cloned().ok_or_else(|| OutboundError::NotAllowed {
-            host: wanted.host.to_string(),
-            port,
-        })
+        self.0
+            .iter()
+            .find(|e| **e == wanted)
+            .cloned()
+            .ok_or_else(|| OutboundError::NotAllowed { host: wanted.host.to_string(), port })
     }
 }
 
@@ -112,8 +118,12 @@ pub async fn addresses(resolver: &dyn Resolve, endpoint: &Endpoint) -> Result<Ve
             if found.is_empty() {
                 return Err(dns("no addresses".into()));
             }
-            let public: Vec<SocketAddr> =
-                found.iter().filter(|a| is_public(a.ip())).take(MAX_ADDRESSES).map(|a| SocketAddr::new(a.ip(), port)).collect();
+            let public: Vec<SocketAddr> = found
+                .iter()
+                .filter(|a| is_public(a.ip()))
+                .take(MAX_ADDRESSES)
+                .map(|a| SocketAddr::new(a.ip(), port))
+                .collect();
             if public.is_empty() {
                 return Err(OutboundError::PrivateAddress { host: d.clone(), address: found[0].ip() });
             }
@@ -167,9 +177,9 @@ mod tests {
     #[test]
     fn entries_parse_and_normalise() {
         let e = Endpoint::parse("API.Deepgram.com.:443").unwrap();
-        assert_eq!((e.host.to_string(), e.port), ("api.deepgram.com".into(), 443));
-        assert_eq!(Endpoint::parse("[::1]:9443").unwrap().host, Host::Ipv6(Ipv6Addr::LOCALHOST));
-        assert_eq!(Endpoint::parse("127.0.0.1:1").unwrap().host, Host::Ipv4(Ipv4Addr::LOCALHOST));
+        assert_eq!((e.host.to_string(), e.port), ("api.deepgram.com".to_string(), 443));
+        assert_eq!(Endpoint::parse("[::1]:9443").unwrap().host, Host::<String>::Ipv6(Ipv6Addr::LOCALHOST));
+        assert_eq!(Endpoint::parse("127.0.0.1:1").unwrap().host, Host::<String>::Ipv4(Ipv4Addr::LOCALHOST));
         for bad in ["api.deepgram.com", "host:0", "host:65536", "::1:443", "a b:1", ":443"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
@@ -177,7 +187,7 @@ mod tests {
 
     #[test]
     fn only_listed_host_and_port_pass() {
-        let list = Allowlist::parse(&["api.deepgram.com:443".into(), "[::1]:8443".into()]).unwrap();
+        let list = Allowlist::parse(&["api.deepgram.com:443".to_string(), "[::1]:8443".to_string()]).unwrap();
         assert!(list.check(&Host::Domain("API.deepgram.com"), 443).is_ok());
         assert!(list.check(&Host::Domain("api.deepgram.com."), 443).is_ok());
         assert!(list.check(&Host::Ipv6(Ipv6Addr::LOCALHOST), 8443).is_ok());
@@ -185,20 +195,50 @@ mod tests {
         assert_eq!(e.to_string(), "api.deepgram.com:80 is not in the plugin's `connect` allowlist");
         assert!(list.check(&Host::Domain("evil.deepgram.com"), 443).is_err());
         assert!(list.check(&Host::Ipv4(Ipv4Addr::LOCALHOST), 8443).is_err());
-        assert_eq!(Allowlist::parse(&["a:1".into(), "b".into()]).unwrap_err().0, 1);
+        assert_eq!(Allowlist::parse(&["a:1".to_string(), "b".to_string()]).unwrap_err().0, 1);
     }
 
     #[test]
     fn reserved_ranges_are_not_public() {
         for ip in [
-            "0.0.0.0", "10.1.2.3", "100.64.0.1", "100.127.255.255", "127.0.0.1", "169.254.169.254", "172.16.0.1",
-            "172.31.255.255", "192.168.1.1", "192.0.0.8", "198.18.0.1", "224.0.0.1", "255.255.255.255", "::", "::1",
-            "::127.0.0.1", "::ffff:10.0.0.1", "::ffff:127.0.0.1", "64:ff9b::a00:1", "fc00::1", "fd12::1", "fe80::1",
-            "fec0::1", "ff02::1", "100::1",
+            "0.0.0.0",
+            "10.1.2.3",
+            "100.64.0.1",
+            "100.127.255.255",
+            "127.0.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "192.0.0.8",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "100.63.255.255", "100.128.0.0", "172.32.0.1", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for ip in [
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.32.0.1",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

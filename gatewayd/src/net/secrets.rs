@@ -170,13 +170,9 @@ pub(super) fn build_headers(secrets: &Secrets, headers: &[Header]) -> Result<Hea
             return Err(bad("set by the host, not by a plugin"));
         }
         let value = match &h.value {
-            HeaderValueSpec::Literal(v) => {
-                HeaderValue::from_str(v).map_err(|_| bad("not a valid header value"))?
-            }
+            HeaderValueSpec::Literal(v) => HeaderValue::from_str(v).map_err(|_| bad("not a valid header value"))?,
             HeaderValueSpec::Secret { name: secret, template } => {
-                let value = secrets
-                    .get(secret)
-                    .ok_or_else(|| OutboundError::UnknownSecret { name: secret.clone() })?;
+                let value = secrets.get(secret).ok_or_else(|| OutboundError::UnknownSecret { name: secret.clone() })?;
                 let (before, after) = template.split_once("{}").ok_or_else(|| bad("template has no `{}`"))?;
                 if after.contains("{}") {
                     return Err(bad("template has more than one `{}`"));
@@ -226,7 +222,9 @@ mod tests {
 
     #[test]
     fn host_owned_and_hop_by_hop_headers_are_refused() {
-        for name in ["Host", "connection", "Upgrade", "Sec-WebSocket-Key", "sec-websocket-protocol", "TE", "Content-Length"] {
+        for name in
+            ["Host", "connection", "Upgrade", "Sec-WebSocket-Key", "sec-websocket-protocol", "TE", "Content-Length"]
+        {
             let e = build_headers(&secrets(), &[Header::literal(name, "x")]).unwrap_err();
             assert_eq!(e.code(), "bad_header", "{name}");
         }

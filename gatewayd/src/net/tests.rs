@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::config::Capabilities;
+use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -53,12 +54,13 @@ impl Ca {
         let cert = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
         let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
         let key = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap();
-        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
+        let mut server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         let file = std::env::temp_dir().join(format!("gatewayd-net-ca-{}.pem", uuid::Uuid::new_v4().simple()));
@@ -142,7 +144,9 @@ async fn handle(mut req: Request<Incoming>, seen: mpsc::UnboundedSender<Seen>) -
             while let Ok(frame) = ws.read_frame().await {
                 match frame.opcode {
                     OpCode::Text if &frame.payload[..] == b"fragments" => {
-                        ws.write_frame(Frame::new(false, OpCode::Text, None, Payload::Borrowed(b"hello "))).await.unwrap();
+                        ws.write_frame(Frame::new(false, OpCode::Text, None, Payload::Borrowed(b"hello ")))
+                            .await
+                            .unwrap();
                         ws.write_frame(Frame::new(true, OpCode::Continuation, None, Payload::Borrowed(b"world")))
                             .await
                             .unwrap();
@@ -177,7 +181,11 @@ struct CountingResolver {
 }
 
 impl Resolve for CountingResolver {
-    fn resolve<'a>(&'a self, _host: &'a str, port: u16) -> futures_util::future::BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+    fn resolve<'a>(
+        &'a self,
+        _host: &'a str,
+        port: u16,
+    ) -> futures_util::future::BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let found = self.answer.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
         Box::pin(async move { Ok(found) })
@@ -262,7 +270,10 @@ async fn streamed_http_body_arrives_in_chunks_with_the_request_body_and_secret()
     let plan = HttpPlan {
         method: "POST".into(),
         url: format!("https://127.0.0.1:{}/stream?output_format=ulaw_8000", v.port),
-        headers: vec![Header::secret("xi-api-key", "api_key", "{}"), Header::literal("content-type", "application/json")],
+        headers: vec![
+            Header::secret("xi-api-key", "api_key", "{}"),
+            Header::literal("content-type", "application/json"),
+        ],
         body: br#"{"text":"hello"}"#.to_vec(),
     };
     let mut response = within(out.request(plan)).await.unwrap();
@@ -420,6 +431,7 @@ async fn idle_vendor_ends_the_body_and_the_byte_cap_holds() {
     let e = within(response.body.next_chunk()).await.unwrap().unwrap_err();
     assert_eq!(e.to_string(), format!("idle timed out after {SHORT_MS} ms"));
     assert!(response.body.next_chunk().await.is_none());
+    drop(response);
 
     let response = within(out.request(get(format!("https://127.0.0.1:{}/big", v.port)))).await.unwrap();
     let chunks: Vec<_> = within(futures_util::StreamExt::collect::<Vec<_>>(response.body.into_stream())).await;

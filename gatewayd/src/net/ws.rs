@@ -64,7 +64,10 @@ pub struct WsConnection {
 
 impl std::fmt::Debug for WsConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsConnection").field("subprotocol", &self.subprotocol).field("read_closed", &self.read_closed).finish()
+        f.debug_struct("WsConnection")
+            .field("subprotocol", &self.subprotocol)
+            .field("read_closed", &self.read_closed)
+            .finish()
     }
 }
 
@@ -264,8 +267,10 @@ pub(super) async fn connect(out: &Outbound, plan: WsPlan) -> Result<WsConnection
             None => return Err(OutboundError::WebSocket("the vendor chose a subprotocol not offered".into())),
         },
     };
-    let upgraded =
-        tokio::time::timeout_at(deadline, hyper::upgrade::on(&mut response)).await.map_err(timed)?.map_err(http_error)?;
+    let upgraded = tokio::time::timeout_at(deadline, hyper::upgrade::on(&mut response))
+        .await
+        .map_err(timed)?
+        .map_err(http_error)?;
     driver.detach();
     let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
     ws.set_max_message_size(MAX_WS_MESSAGE_BYTES);
@@ -278,6 +283,6 @@ pub(super) async fn connect(out: &Outbound, plan: WsPlan) -> Result<WsConnection
 mod tests {
     #[test]
     fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZK+xOo0s=");
+        assert_eq!(super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }
