@@ -40,6 +40,11 @@ pub use gatewayd::plugin::types::{ConnectInfo, ConnectionId, HttpRequest, HttpRe
 /// Re-exported so plugins need no direct serde_json dependency for simple cases.
 pub use serde_json;
 
+// Speech providers (worlds `stt-provider`, `tts-provider`): behind the `speech` feature, so the
+// SDK copy that `gatewayd plugin new` writes (this file and gatewayd.wit only) builds as before.
+#[cfg(feature = "speech")]
+pub mod speech;
+
 /// The events a protocol plugin can handle. Every method has a do-nothing default
 /// (`on_http` answers 404), so a plugin implements only what its protocol uses.
 ///
