@@ -54,7 +54,7 @@ impl Config {
         if !(1000..=5000).contains(&self.keepalive_ms) {
             return Err(format!("keepalive_ms {} is outside 1000..=5000", self.keepalive_ms));
         }
-        if !(20..=250).contains(&self.chunk_ms) || self.chunk_ms % 20 != 0 {
+        if !(20..=250).contains(&self.chunk_ms) || !self.chunk_ms.is_multiple_of(20) {
             return Err(format!("chunk_ms {} is not a multiple of 20 in 20..=250", self.chunk_ms));
         }
         if !matches!(self.auth_scheme.as_str(), "Token" | "Bearer") {
