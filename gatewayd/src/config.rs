@@ -30,6 +30,18 @@ pub struct Config {
     /// Plugins by name: `[plugins.signaling] file = "..."`.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// `[network]`: outbound connections of provider plugins (see `net`).
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: what every provider plugin's outbound TLS trusts.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// PEM file of CA certificates trusted besides the platform's roots (e.g. a private CA of
+    /// an on-premises speech server); at most 1 MiB.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -424,7 +436,7 @@ impl Default for PluginLimits {
 }
 
 /// Host interfaces a plugin may use beyond connections, session, kv, timers, config and log.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Capabilities {
     pub store: StoreAccess,
@@ -432,6 +444,45 @@ pub struct Capabilities {
     pub files: Option<FilesCapability>,
     /// `auth.issue`: the plugin may sign tokens, of its own audience only.
     pub issue: Option<IssueCapability>,
+    /// Outbound network (speech providers): `host:port` entries the daemon may connect to for
+    /// this plugin (`"api.deepgram.com:443"`, `"127.0.0.1:9443"`, `"[::1]:443"`). Empty: none.
+    /// Names resolving to private or loopback addresses are refused unless the entry is that
+    /// IP literal or `localhost` (`net::allow`).
+    pub connect: Vec<String>,
+    /// Lookup, TCP, TLS and WebSocket upgrade answer together, in ms.
+    pub connect_timeout_ms: u64,
+    /// From an HTTP request sent to its response head, in ms.
+    pub first_byte_timeout_ms: u64,
+    /// No byte from the vendor for this long ends a stream, in ms.
+    pub idle_timeout_ms: u64,
+    /// WebSockets plus HTTP requests of this plugin open at once; more fail at once.
+    pub max_streams: usize,
+    /// Largest HTTP response body, in bytes.
+    pub max_response_bytes: u64,
+    /// Named secrets from the daemon's environment: `{ api_key = "DEEPGRAM_API_KEY" }`. Plans
+    /// refer to them by name; the host puts the value into the header, the plugin never sees it.
+    pub secret_env: BTreeMap<String, String>,
+    /// Not a config key: the values of `secret_env`, read by [`Config::parse`].
+    #[serde(skip)]
+    pub secrets: crate::net::Secrets,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            store: StoreAccess::default(),
+            files: None,
+            issue: None,
+            connect: Vec::new(),
+            connect_timeout_ms: crate::net::DEFAULT_CONNECT_TIMEOUT_MS,
+            first_byte_timeout_ms: crate::net::DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+            idle_timeout_ms: crate::net::DEFAULT_IDLE_TIMEOUT_MS,
+            max_streams: crate::net::DEFAULT_MAX_STREAMS,
+            max_response_bytes: crate::net::DEFAULT_MAX_RESPONSE_BYTES,
+            secret_env: BTreeMap::new(),
+            secrets: crate::net::Secrets::default(),
+        }
+    }
 }
 
 /// `[plugins.<name>.capabilities.issue]`: what tokens a plugin may sign with `auth.issue`.
@@ -516,6 +567,13 @@ impl Config {
         })?;
         config.resolve_paths(base);
         config.validate()?;
+        for (name, p) in &mut config.plugins {
+            let caps = &mut p.capabilities;
+            caps.secrets = crate::net::Secrets::from_env(&caps.secret_env).map_err(|(key, var, why)| ConfigError {
+                path: format!("plugins.{name}.capabilities.secret_env.{key}"),
+                message: format!("${var} {why}"),
+            })?;
+        }
         config.auth.issued = config
             .plugins
             .iter()
@@ -527,6 +585,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let abs = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
         self.daemon.state_dir = abs(&self.daemon.state_dir);
+        self.network.extra_ca_file = self.network.extra_ca_file.as_ref().map(abs);
         for p in self.plugins.values_mut() {
             p.file = abs(&p.file);
             if let Some(f) = &mut p.capabilities.files {
@@ -639,6 +698,7 @@ impl Config {
         }
         let mut audiences = std::collections::HashMap::new();
         for (name, p) in &self.plugins {
+            check_network(name, &p.capabilities)?;
             if p.capabilities.files.as_ref().is_some_and(|f| f.max_bytes == 0) {
                 return err(format!("plugins.{name}.capabilities.files.max_bytes"), "must be at least 1".into());
             }
@@ -678,9 +738,12 @@ impl Config {
         Ok(())
     }
 
-    /// Check what parsing cannot: plugin and TLS files exist. Used by `gatewayd check`,
-    /// start-up and reload.
+    /// Check what parsing cannot: plugin and TLS files exist, `[network] extra_ca_file` holds
+    /// certificates. Used by `gatewayd check`, start-up and reload.
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.network.extra_ca_file {
+            crate::net::tls::extra_roots(path)?;
+        }
         for (name, l) in &self.listeners {
             let Some(tls) = &l.tls else { continue };
             for (key, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
@@ -710,6 +773,39 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The outbound-network keys of `[plugins.<name>.capabilities]`.
+fn check_network(name: &str, caps: &Capabilities) -> Result<(), ConfigError> {
+    let path = |key: &str| format!("plugins.{name}.capabilities.{key}");
+    let err = |key: &str, message: String| Err(ConfigError { path: path(key), message });
+    if let Err((i, message)) = crate::net::Allowlist::parse(&caps.connect) {
+        return err(&format!("connect[{i}]"), message);
+    }
+    for (key, ms) in [
+        ("connect_timeout_ms", caps.connect_timeout_ms),
+        ("first_byte_timeout_ms", caps.first_byte_timeout_ms),
+        ("idle_timeout_ms", caps.idle_timeout_ms),
+    ] {
+        if !(100..=86_400_000).contains(&ms) {
+            return err(key, "must be between 100 and 86400000 ms".into());
+        }
+    }
+    if !(1..=100_000).contains(&caps.max_streams) {
+        return err("max_streams", "must be 1 to 100000".into());
+    }
+    if caps.max_response_bytes == 0 {
+        return err("max_response_bytes", "must be at least 1".into());
+    }
+    for (key, var) in &caps.secret_env {
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return err("secret_env", format!("`{key}`: a secret's name is letters, digits, `_` and `-`"));
+        }
+        if var.is_empty() || var.contains('=') || var.contains('\0') {
+            return err(&format!("secret_env.{key}"), "must name an environment variable".into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -768,5 +864,66 @@ mod tests {
         let text = MINIMAL.replace("plugin = \"x\"", "plugin = \"y\"");
         let e = Config::parse(&text, Path::new("/")).unwrap_err().to_string();
         assert_eq!(e, "routes[0].plugin: no plugin named `y` in [plugins]");
+    }
+
+    #[test]
+    fn outbound_network_keys_have_defaults_and_are_validated() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/gw")).unwrap();
+        let caps = &c.plugins["x"].capabilities;
+        assert!(caps.connect.is_empty() && caps.secrets.is_empty());
+        assert_eq!((caps.connect_timeout_ms, caps.idle_timeout_ms, caps.max_streams), (10_000, 30_000, 128));
+        assert_eq!(caps.max_response_bytes, 16 * 1024 * 1024);
+
+        let with = |extra: &str| {
+            MINIMAL.replace("file = \"x.wasm\"", &format!("file = \"x.wasm\"\n[plugins.x.capabilities]\n{extra}"))
+        };
+        let c = Config::parse(
+            &with("connect = [\"api.deepgram.com:443\", \"[::1]:9443\"]\nmax_streams = 2"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.plugins["x"].capabilities.max_streams, 2);
+        for (extra, expected) in [
+            (
+                "connect = [\"a:443\", \"api.deepgram.com\"]",
+                "plugins.x.capabilities.connect[1]: `api.deepgram.com` needs a port (host:port)",
+            ),
+            (
+                "connect = [\"::1:443\"]",
+                "plugins.x.capabilities.connect[0]: `::1:443`: write an IPv6 address in brackets, e.g. [::1]:443",
+            ),
+            ("idle_timeout_ms = 0", "plugins.x.capabilities.idle_timeout_ms: must be between 100 and 86400000 ms"),
+            ("max_streams = 0", "plugins.x.capabilities.max_streams: must be 1 to 100000"),
+            ("max_response_bytes = 0", "plugins.x.capabilities.max_response_bytes: must be at least 1"),
+        ] {
+            assert_eq!(Config::parse(&with(extra), Path::new("/")).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn secret_env_is_read_at_load_and_never_printed() {
+        let with = |var: &str| {
+            MINIMAL.replace(
+                "file = \"x.wasm\"",
+                &format!("file = \"x.wasm\"\n[plugins.x.capabilities]\nsecret_env = {{ api_key = \"{var}\" }}"),
+            )
+        };
+        let e = Config::parse(&with("GATEWAYD_TEST_UNSET_SECRET_VAR"), Path::new("/")).unwrap_err().to_string();
+        assert_eq!(e, "plugins.x.capabilities.secret_env.api_key: $GATEWAYD_TEST_UNSET_SECRET_VAR is not set");
+        // PATH is set in every test environment; its value stands in for a key.
+        let c = Config::parse(&with("PATH"), Path::new("/")).unwrap();
+        let path = std::env::var("PATH").unwrap();
+        let caps = &c.plugins["x"].capabilities;
+        assert_eq!(caps.secrets.get("api_key").unwrap().expose(), path);
+        assert!(!format!("{c:?}").contains(&path), "the config's Debug shows a secret");
+    }
+
+    #[test]
+    fn extra_ca_file_resolves_and_is_checked() {
+        let text = format!("[network]\nextra_ca_file = \"ca.pem\"\n{MINIMAL}");
+        let c = Config::parse(&text, Path::new("/nonexistent-gw")).unwrap();
+        assert_eq!(c.network.extra_ca_file.as_deref(), Some(Path::new("/nonexistent-gw/ca.pem")));
+        let e = c.check_files().unwrap_err().to_string();
+        assert!(e.starts_with("network.extra_ca_file: cannot read /nonexistent-gw/ca.pem"), "{e}");
     }
 }

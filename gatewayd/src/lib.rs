@@ -1,8 +1,9 @@
 //! gatewayd: a plugin-driven telephony gateway daemon.
 //!
 //! The daemon owns sockets ([`server`]), auth ([`auth`]), storage ([`store`]), the local bus
-//! ([`bus`]) and the plugin runtime ([`plugins`]); protocols are WebAssembly components loaded
-//! from the TOML [`config`]. [`daemon`] wires them together; [`cli`] is the command line.
+//! ([`bus`]), the plugin runtime ([`plugins`]) and provider plugins' outbound network
+//! ([`net`]); protocols are WebAssembly components loaded from the TOML [`config`]. [`daemon`]
+//! wires them together; [`cli`] is the command line.
 
 pub mod auth;
 pub mod auth_signing;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod media;
+pub mod net;
 pub mod plugins;
 pub mod server;
 pub mod store;

@@ -18,8 +18,15 @@
 //!
 //! The raw bindings of the WIT contract (`plugin-api/wit/gatewayd.wit`) are re-exported under
 //! [`gatewayd`]; the helpers here add typed JSON and typed session state on top of them.
+//!
+//! Speech providers (STT and TTS plugins, `wit/speech.wit`) use the module `speech`, enabled by
+//! this crate's `speech` feature: traits `SttProvider` and `TtsProvider`, registered with
+//! [`stt_provider!`](crate::stt_provider) and [`tts_provider!`](crate::tts_provider).
 
 #![allow(clippy::too_many_arguments)]
+// The copy of this file that `gatewayd plugin new` writes beside a new plugin has a manifest
+// without the `speech` feature; this keeps `#[cfg(feature = "speech")]` below from warning there.
+#![allow(unexpected_cfgs)]
 
 wit_bindgen::generate!({
     world: "plugin",
@@ -40,6 +47,11 @@ pub use gatewayd::plugin::types::{ConnectInfo, ConnectionId, HttpRequest, HttpRe
 
 /// Re-exported so plugins need no direct serde_json dependency for simple cases.
 pub use serde_json;
+
+// Speech providers (worlds `stt-provider`, `tts-provider`): behind the `speech` feature, so the
+// SDK copy that `gatewayd plugin new` writes (this file and gatewayd.wit only) builds as before.
+#[cfg(feature = "speech")]
+pub mod speech;
 
 /// The events a protocol plugin can handle. Every method has a do-nothing default
 /// (`on_http` answers 404), so a plugin implements only what its protocol uses.
