@@ -16,5 +16,6 @@ pub mod media;
 pub mod net;
 pub mod plugins;
 pub mod server;
+pub mod speech;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,258 @@
+//! Audio conversions between the call (G.711 mu-law, 8000 Hz, mono) and the formats a
+//! provider's plan names, with the media engine's codecs ([`crate::media::codec`]) and `rubato`
+//! (the library [`crate::media::resample`] uses) run as a streaming resampler. Mono only.
+
+use super::bindings::types::{AudioEncoding, AudioFormat};
+use crate::media::codec::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
+use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
+use rubato::{Fft, FixedSync, Indexing, Resampler};
+
+/// The call's rate, in Hz.
+pub const CALL_RATE: u32 = 8000;
+
+/// Whether the host can produce or take `format`: mono mu-law, A-law or 16-bit PCM, at 8000 to
+/// 48000 Hz.
+pub fn supported(format: &AudioFormat) -> bool {
+    matches!(format.encoding, AudioEncoding::Mulaw | AudioEncoding::Alaw | AudioEncoding::PcmS16le)
+        && format.channels == 1
+        && (8000..=48000).contains(&format.sample_rate)
+}
+
+/// Bytes per sample of a supported encoding.
+pub fn sample_bytes(encoding: AudioEncoding) -> usize {
+    if encoding == AudioEncoding::PcmS16le { 2 } else { 1 }
+}
+
+/// Sample-rate conversion of a stream of 16-bit mono samples, chunk by chunk (20 ms of input
+/// per resampler step), so a stream converts as one clip would: the resampler's start-up delay
+/// is trimmed and [`StreamResampler::finish`] flushes the tail, giving `ceil(n * to / from)`
+/// samples for `n` in.
+pub struct StreamResampler {
+    resampler: Fft<f32>,
+    ratio: f64,
+    pending: Vec<f32>,
+    to_trim: usize,
+    samples_in: u64,
+    samples_out: u64,
+    out: Vec<Vec<f32>>,
+}
+
+impl StreamResampler {
+    /// A resampler from `from` Hz to `to` Hz (both positive). Errors: rubato refused the rates.
+    pub fn new(from: u32, to: u32) -> Result<StreamResampler, String> {
+        let chunk = (from as usize / 50).max(1);
+        let resampler = Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)
+            .map_err(|e| format!("resampler {from} -> {to} Hz: {e}"))?;
+        let out = vec![vec![0f32; resampler.output_frames_max()]];
+        Ok(StreamResampler {
+            to_trim: resampler.output_delay(),
+            ratio: to as f64 / from as f64,
+            resampler,
+            pending: Vec::new(),
+            samples_in: 0,
+            samples_out: 0,
+            out,
+        })
+    }
+
+    /// Feed `samples`; append whatever output is ready to `out`.
+    pub fn push(&mut self, samples: &[i16], out: &mut Vec<i16>) {
+        self.samples_in += samples.len() as u64;
+        self.pending.extend(samples.iter().map(|&s| s as f32 / 32768.0));
+        while self.pending.len() >= self.resampler.input_frames_next() {
+            let n = self.resampler.input_frames_next();
+            let chunk: Vec<f32> = self.pending.drain(..n).collect();
+            self.step(chunk, None, out);
+        }
+    }
+
+    /// End of the stream: flush the rest, so the total output is `ceil(in * to / from)`.
+    pub fn finish(&mut self, out: &mut Vec<i16>) {
+        let expected = (self.samples_in as f64 * self.ratio).ceil() as u64;
+        let partial = std::mem::take(&mut self.pending);
+        let mut len = partial.len();
+        let mut chunk = partial;
+        // Bounded: each step makes at least one output chunk's worth of progress.
+        for _ in 0..64 {
+            if self.samples_out >= expected {
+                break;
+            }
+            chunk.resize(self.resampler.input_frames_next(), 0.0);
+            self.step(std::mem::take(&mut chunk), Some(len), out);
+            len = 0;
+        }
+        let extra = (self.samples_out.saturating_sub(expected)) as usize;
+        out.truncate(out.len().saturating_sub(extra));
+        self.samples_out = self.samples_out.min(expected);
+    }
+
+    fn step(&mut self, chunk: Vec<f32>, partial_len: Option<usize>, out: &mut Vec<i16>) {
+        let frames = chunk.len();
+        let input = vec![chunk];
+        let out_frames = self.out[0].len();
+        let (Ok(in_adapter), Ok(mut out_adapter)) = (
+            SequentialSliceOfVecs::new(&input, 1, frames),
+            SequentialSliceOfVecs::new_mut(&mut self.out, 1, out_frames),
+        ) else {
+            return;
+        };
+        let indexing = Indexing { input_offset: 0, output_offset: 0, active_channels_mask: None, partial_len };
+        let Ok((_, produced)) = self.resampler.process_into_buffer(&in_adapter, &mut out_adapter, Some(&indexing))
+        else {
+            return;
+        };
+        let skip = self.to_trim.min(produced);
+        self.to_trim -= skip;
+        let produced_samples = &self.out[0][skip..produced];
+        self.samples_out += produced_samples.len() as u64;
+        out.extend(produced_samples.iter().map(|&s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16));
+    }
+}
+
+/// Decoder of a byte stream in a supported format to 16-bit samples at the call's rate.
+pub struct ToCall {
+    encoding: AudioEncoding,
+    /// A byte of a 16-bit sample split across two chunks.
+    odd: Option<u8>,
+    resampler: Option<StreamResampler>,
+    decoded: Vec<i16>,
+}
+
+impl ToCall {
+    /// A decoder for `format`. Errors: an unsupported format (see [`supported`]).
+    pub fn new(format: &AudioFormat) -> Result<ToCall, String> {
+        if !supported(format) {
+            return Err(format!("unsupported output format {format:?}"));
+        }
+        let resampler = match format.sample_rate {
+            CALL_RATE => None,
+            rate => Some(StreamResampler::new(rate, CALL_RATE)?),
+        };
+        Ok(ToCall { encoding: format.encoding, odd: None, resampler, decoded: Vec::new() })
+    }
+
+    /// Decode `bytes`; append the samples (8000 Hz) ready so far to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<i16>) {
+        self.decoded.clear();
+        match self.encoding {
+            AudioEncoding::Mulaw => self.decoded.extend(bytes.iter().map(|&b| ulaw_to_linear(b))),
+            AudioEncoding::Alaw => self.decoded.extend(bytes.iter().map(|&b| alaw_to_linear(b))),
+            _ => {
+                let mut rest = bytes;
+                if let Some(first) = self.odd.take()
+                    && let Some((&second, tail)) = rest.split_first()
+                {
+                    self.decoded.push(i16::from_le_bytes([first, second]));
+                    rest = tail;
+                }
+                let mut pairs = rest.chunks_exact(2);
+                self.decoded.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
+                self.odd = pairs.remainder().first().copied();
+            }
+        }
+        match &mut self.resampler {
+            Some(r) => r.push(&self.decoded, out),
+            None => out.extend_from_slice(&self.decoded),
+        }
+    }
+
+    /// End of the stream: the resampler's tail (a trailing odd byte is dropped).
+    pub fn finish(&mut self, out: &mut Vec<i16>) {
+        if let Some(r) = &mut self.resampler {
+            r.finish(out);
+        }
+    }
+}
+
+/// Encoder of call audio (mu-law 8000 Hz bytes) to a supported send format.
+pub struct FromCall {
+    format: AudioFormat,
+    resampler: Option<StreamResampler>,
+    samples: Vec<i16>,
+    resampled: Vec<i16>,
+}
+
+impl FromCall {
+    /// An encoder to `format`. Errors: an unsupported format.
+    pub fn new(format: &AudioFormat) -> Result<FromCall, String> {
+        if !supported(format) {
+            return Err(format!("unsupported send format {format:?}"));
+        }
+        let resampler = match format.sample_rate {
+            CALL_RATE => None,
+            rate => Some(StreamResampler::new(CALL_RATE, rate)?),
+        };
+        Ok(FromCall { format: *format, resampler, samples: Vec::new(), resampled: Vec::new() })
+    }
+
+    /// Whether call bytes go out unchanged (mu-law 8000 Hz).
+    pub fn is_identity(&self) -> bool {
+        self.format.encoding == AudioEncoding::Mulaw && self.format.sample_rate == CALL_RATE
+    }
+
+    /// Convert `mulaw` (call bytes) and append the encoded bytes ready so far to `out`.
+    pub fn push(&mut self, mulaw: &[u8], out: &mut Vec<u8>) {
+        if self.is_identity() {
+            out.extend_from_slice(mulaw);
+            return;
+        }
+        self.samples.clear();
+        self.samples.extend(mulaw.iter().map(|&b| ulaw_to_linear(b)));
+        let samples = match &mut self.resampler {
+            Some(r) => {
+                self.resampled.clear();
+                r.push(&self.samples, &mut self.resampled);
+                &self.resampled
+            }
+            None => &self.samples,
+        };
+        match self.format.encoding {
+            AudioEncoding::Mulaw => out.extend(samples.iter().map(|&s| linear_to_ulaw(s))),
+            AudioEncoding::Alaw => out.extend(samples.iter().map(|&s| linear_to_alaw(s))),
+            _ => out.extend(samples.iter().flat_map(|s| s.to_le_bytes())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcm(rate: u32) -> AudioFormat {
+        AudioFormat { encoding: AudioEncoding::PcmS16le, sample_rate: rate, channels: 1 }
+    }
+
+    #[test]
+    fn streamed_resampling_has_the_clip_length_whatever_the_chunking() {
+        let tone: Vec<i16> = (0..24_000).map(|i| ((i as f32 * 0.13).sin() * 8000.0) as i16).collect();
+        for chunk in [7usize, 480, 1000, 24_000] {
+            let mut r = StreamResampler::new(24_000, 8000).unwrap();
+            let mut out = Vec::new();
+            for c in tone.chunks(chunk) {
+                r.push(c, &mut out);
+            }
+            r.finish(&mut out);
+            assert_eq!(out.len(), 8000, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn pcm_split_across_chunks_decodes_whole_samples() {
+        let mut d = ToCall::new(&pcm(8000)).unwrap();
+        let mut out = Vec::new();
+        d.push(&[0x01], &mut out);
+        d.push(&[0x02, 0x03, 0x04], &mut out);
+        assert_eq!(out, vec![0x0201, 0x0403]);
+    }
+
+    #[test]
+    fn mulaw_to_linear16_at_16k_doubles_the_length() {
+        let mut e = FromCall::new(&pcm(16_000)).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            e.push(&[0xFF; 160], &mut out);
+        }
+        // One second in; the resampler holds back at most one 20 ms step.
+        assert!((31_360..=32_000).contains(&out.len()), "{}", out.len());
+    }
+}
