@@ -104,6 +104,11 @@ impl Taps {
     }
 }
 
+/// The call of a tap has ended and all its audio has been handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the tapped call has ended")]
+pub struct TapEnded;
+
 /// A decoded-audio tap not yet connected to its call ([`Taps::attach`]).
 pub struct PendingTap(PcmTap);
 
@@ -140,7 +145,7 @@ impl std::fmt::Debug for PcmTap {
 
 impl PcmTap {
     fn new(call_rate: u32, rate: u32) -> Result<PcmTap, String> {
-        if rate % FRAMES_PER_SECOND != 0 {
+        if !rate.is_multiple_of(FRAMES_PER_SECOND) {
             return Err(format!("a tap's rate must be a multiple of {FRAMES_PER_SECOND} Hz, not {rate}"));
         }
         let resampler = StreamResampler::new(call_rate, rate)?;
@@ -172,16 +177,15 @@ impl PcmTap {
         }
     }
 
-    /// As [`PcmTap::recv`], without waiting: `Ok(None)` when no frame is ready yet, `Err(())`
-    /// once the call has ended and everything has been handed out.
-    #[allow(clippy::result_unit_err)]
-    pub fn try_recv(&mut self) -> Result<Option<Vec<i16>>, ()> {
+    /// As [`PcmTap::recv`], without waiting: `Ok(None)` when no frame is ready yet,
+    /// `Err(TapEnded)` once the call has ended and everything has been handed out.
+    pub fn try_recv(&mut self) -> Result<Option<Vec<i16>>, TapEnded> {
         loop {
             if let Some(frame) = self.take_frame() {
                 return Ok(Some(frame));
             }
             if self.ended {
-                return Err(());
+                return Err(TapEnded);
             }
             let frame = match self.rx.as_mut().map(|rx| rx.try_recv()) {
                 Some(Ok(frame)) => Some(frame),
@@ -267,7 +271,7 @@ mod tests {
         assert_eq!(taps.feed(&[1; 160], &[1; 160]), 0, "room again");
         drop(taps);
         assert_eq!(drain(&mut tap), vec![vec![1; 160]]);
-        assert_eq!(tap.try_recv(), Err(()), "the call ended");
+        assert_eq!(tap.try_recv(), Err(TapEnded), "the call ended");
     }
 
     #[test]
