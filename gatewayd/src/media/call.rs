@@ -1,4 +1,11 @@
-//! The state of one live call: its codec, play queue, echo buffer, recorder and pacer.
+//! The state of one live call: sources -> mixer -> sinks, its codec and pacer.
+//!
+//! Sources ([`super::mixer::Source`]): the play queue (files, bytes, DTMF tones, marks), the
+//! echo of the caller, streams ([`super::stream_source`], e.g. streamed TTS). Sinks: the wire
+//! (each mixed frame encoded and sent to the caller), the recorder (both directions, queued to
+//! a writer thread) and taps of the caller's audio ([`super::tap`]). No sink can hold up a slot:
+//! the wire is the connection's bounded outbox, the recorder and the taps are bounded queues
+//! that drop and count when full.
 //!
 //! A call has no task of its own. The connection's reader hands it the caller's frames
 //! ([`Call::frame`]), the plugin's media calls change it ([`Call::command`]), and the media
@@ -9,11 +16,14 @@
 use super::MediaEvent;
 use super::codec::Codec;
 use super::echo::EchoBuffer;
-use super::format::{FRAME, Format};
+use super::format::{CodecName, FRAME, Format};
+use super::mixer::{Mixer, Source};
 use super::pacer::Pacer;
 use super::playout::{PlayQueue, Reached};
 use super::recording::Recorder;
 use super::stats::CallStats;
+use super::stream_source::{self, StreamSource, StreamWriter};
+use super::tap::{PcmTap, PendingTap, Taps};
 use crate::bus::{Bus, ConnId, Outbound};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -36,6 +46,9 @@ pub enum Command {
     Record(Option<Recorder>),
 }
 
+/// Streams a call may play at once.
+pub const MAX_STREAMS: usize = 4;
+
 /// One answered call.
 pub struct Call {
     id: ConnId,
@@ -48,6 +61,9 @@ pub struct Call {
     queue: PlayQueue,
     echo: bool,
     echo_buf: EchoBuffer,
+    streams: Vec<StreamSource>,
+    mixer: Mixer,
+    taps: Taps,
     /// Caller audio not yet written to the recording.
     to_record: VecDeque<i16>,
     /// Fixed-size codecs: the start of a frame whose rest has not arrived (fewer bytes than a
@@ -87,6 +103,9 @@ impl Call {
             queue: PlayQueue::new(n),
             echo: false,
             echo_buf: EchoBuffer::default(),
+            streams: Vec::new(),
+            mixer: Mixer::new(n),
+            taps: Taps::default(),
             to_record: VecDeque::new(),
             partial: Vec::new(),
             pcm: Vec::with_capacity(n),
@@ -109,6 +128,8 @@ impl Call {
             Command::Clear => {
                 self.queue.clear();
                 self.echo_buf.clear();
+                // Dropping a stream's source closes it: its writer's next write fails.
+                self.streams.clear();
             }
             Command::Echo(on) => {
                 self.echo = on;
@@ -123,6 +144,57 @@ impl Call {
                 self.to_record.clear();
             }
         }
+    }
+
+    /// The call's audio format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Open a stream into the call: audio written to the returned writer as `encoding`
+    /// (`pcmu`, `pcma`, `l16`) at `rate` Hz plays from the next slot on, mixed with the other
+    /// sources; `mark` is reported when all of it has been sent. Err: see
+    /// [`stream_source::open`], or [`MAX_STREAMS`] streams already playing.
+    pub fn open_stream(
+        &mut self,
+        encoding: CodecName,
+        rate: u32,
+        mark: Option<String>,
+    ) -> Result<StreamWriter, String> {
+        let (writer, source) = stream_source::open(self.format.rate, encoding, rate, mark)?;
+        self.add_stream(source)?;
+        Ok(writer)
+    }
+
+    /// Play a stream opened with [`stream_source::open`] at this call's rate (so the resampler
+    /// is built outside the call's lock). Err: [`MAX_STREAMS`] streams already playing.
+    pub fn add_stream(&mut self, source: StreamSource) -> Result<(), String> {
+        if self.streams.len() >= MAX_STREAMS {
+            return Err(format!("call {} already plays {MAX_STREAMS} streams", self.id));
+        }
+        self.streams.push(source);
+        Ok(())
+    }
+
+    /// Tap the caller's audio, decoded and converted to `rate` Hz (see [`super::tap`]).
+    /// Err: a rate that is not a multiple of 50 Hz or out of range, or too many taps.
+    pub fn tap(&mut self, rate: u32) -> Result<PcmTap, String> {
+        self.taps.attach(PendingTap::new(self.format.rate, rate)?)
+    }
+
+    /// Tap the caller's frames as received (G.711 mu-law routes only: one 160-byte frame per
+    /// 20 ms at 8 kHz). Err: another codec, or too many taps.
+    pub fn tap_mulaw(&mut self) -> Result<mpsc::Receiver<Bytes>, String> {
+        if self.format.codec != CodecName::Pcmu {
+            return Err(format!("call {} carries {}, not pcmu: use a decoded tap", self.id, self.format.codec.name()));
+        }
+        self.taps.add_wire()
+    }
+
+    /// Attach a decoded-audio tap built for this call's rate outside the call's lock. Err: too
+    /// many taps.
+    pub fn attach_tap(&mut self, tap: PendingTap) -> Result<PcmTap, String> {
+        self.taps.attach(tap)
     }
 
     /// A chunk of caller audio (checked by the media engine to hold whole samples, or one Opus
@@ -169,27 +241,26 @@ impl Call {
         if self.recorder.is_some() && self.to_record.len() < n * super::echo::MAX_FRAMES {
             self.to_record.extend(self.pcm.iter().copied());
         }
+        if !self.taps.is_empty() {
+            let dropped = self.taps.feed(frame, &self.pcm);
+            CallStats::add(&self.stats.tap_dropped_frames, dropped);
+        }
         if self.echo && !self.echo_buf.push(&self.pcm) {
             CallStats::add(&self.stats.dropped_frames, 1);
         }
     }
 
-    /// One 20 ms slot, at `now` (at or after [`Call::deadline`]): mix the next queued frame
-    /// with the next echoed one, send it, record both directions, then report the marks the
-    /// sent audio has reached.
+    /// One 20 ms slot, at `now` (at or after [`Call::deadline`]): mix the sources' frames
+    /// (play queue, echo, streams), send the mix, queue both directions for the recording,
+    /// then report the marks the sent audio has reached.
     pub fn tick(&mut self, now: Instant) {
         let n = self.format.frame_samples();
         let tick = self.pacer.tick(now);
-        let played = self.queue.next_frame(&mut self.out);
-        let (echoed, trimmed) = self.echo_buf.pop();
-        CallStats::add(&self.stats.dropped_frames, trimmed as u64);
-        if let Some(e) = echoed {
-            if played {
-                self.out.iter_mut().zip(&e).for_each(|(o, &s)| *o = o.saturating_add(s));
-            } else {
-                self.out = e;
-            }
-        }
+        let sources = [&mut self.queue as &mut dyn Source, &mut self.echo_buf]
+            .into_iter()
+            .chain(self.streams.iter_mut().map(|s| s as &mut dyn Source));
+        self.mixer.mix(sources, &mut self.out);
+        CallStats::add(&self.stats.dropped_frames, self.echo_buf.take_trimmed() as u64);
         if !self.out.is_empty() {
             let mut wire = Vec::with_capacity(n * 2);
             self.codec.encode(&self.out, &mut wire);
@@ -207,10 +278,17 @@ impl Call {
         if let Some(r) = self.recorder.as_mut() {
             let take = self.to_record.len().min(n);
             let inbound: Vec<i16> = self.to_record.drain(..take).collect();
-            r.write_block(&inbound, &self.out, n);
+            if !r.write_block(&inbound, &self.out, n) {
+                CallStats::add(&self.stats.recording_dropped_blocks, 1);
+            }
         }
         self.reached.clear();
         self.queue.reached(&mut self.reached);
+        for s in &mut self.streams {
+            s.reached(&mut self.reached);
+            CallStats::add(&self.stats.stream_underruns, s.take_underruns());
+        }
+        self.streams.retain(|s| !s.is_done());
         for r in self.reached.drain(..) {
             let event = match r {
                 Reached::Mark(name) => MediaEvent::Mark(name),
@@ -220,11 +298,11 @@ impl Call {
         }
     }
 
-    /// The call ends (hang-up or connection closed): close the recording, log the figures.
-    pub fn finish(mut self) {
-        if let Some(r) = self.recorder.take() {
-            r.finish();
-        }
+    /// The call ends (hang-up or connection closed): close the recording (the returned handle
+    /// joins its writer thread; dropping it lets the thread finish alone), end the streams and
+    /// taps, log the figures.
+    pub fn finish(mut self) -> Option<std::thread::JoinHandle<super::recording::RecordingSummary>> {
+        let recording = self.recorder.take().map(Recorder::finish);
         let s = self.stats.snapshot();
         tracing::info!(
             conn = self.id,
@@ -236,10 +314,14 @@ impl Call {
             skipped_slots = s.skipped_slots,
             dropped_frames = s.dropped_frames,
             rejected_frames = s.rejected_frames,
+            stream_underruns = s.stream_underruns,
+            tap_dropped_frames = s.tap_dropped_frames,
+            recording_dropped_blocks = s.recording_dropped_blocks,
             max_delay_us = s.max_delay_us,
             p99_delay_ms = self.delays.quantile_ms(0.99),
             "media call ended"
         );
+        recording
     }
 }
 
@@ -278,8 +360,156 @@ impl DelayHistogram {
 
 #[cfg(test)]
 mod tests {
-    use super::DelayHistogram;
+    use super::*;
+    use crate::bus::{ConnParts, Next, Outbox};
     use std::time::Duration;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    /// A call on a connection of its own, with what it sends and reports.
+    struct Fixture {
+        call: Call,
+        outbox: Arc<Outbox>,
+        stats: Arc<CallStats>,
+        events: mpsc::UnboundedReceiver<MediaEvent>,
+    }
+
+    fn fixture(codec: CodecName, recorder: Option<Recorder>) -> Fixture {
+        let bus = Arc::new(Bus::new());
+        let outbox = Arc::new(Outbox::new(1000, 1 << 20));
+        let id = bus.register(ConnParts { plugin: "ivr".into(), outbox: outbox.clone(), session: Arc::default() });
+        let format = Format::new(codec, 8000).unwrap();
+        let stats = Arc::new(CallStats::default());
+        let (tx, events) = mpsc::unbounded_channel();
+        let setup = CallSetup {
+            id,
+            format,
+            codec: Codec::new(format).unwrap(),
+            bus,
+            stats: stats.clone(),
+            events: tx,
+            recorder,
+        };
+        Fixture { call: Call::new(setup), outbox, stats, events }
+    }
+
+    impl Fixture {
+        /// Run the next slot (on time); the L16 frame it sent, if any.
+        fn slot(&mut self) -> Option<Vec<i16>> {
+            let sent = self.stats.frames_out.load(Relaxed);
+            let due = self.call.deadline();
+            self.call.tick(due);
+            if self.stats.frames_out.load(Relaxed) == sent {
+                return None;
+            }
+            match block_on(self.outbox.next()) {
+                Next::Frame(Outbound::Binary(b)) => {
+                    Some(b.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])).collect())
+                }
+                _ => panic!("a binary frame"),
+            }
+        }
+
+        fn events(&mut self) -> Vec<MediaEvent> {
+            std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+        }
+    }
+
+    fn l16(samples: &[i16]) -> Vec<u8> {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn a_stream_is_mixed_with_the_queue_and_its_mark_follows_its_last_frame() {
+        let mut f = fixture(CodecName::L16, None);
+        f.call.command(Command::Play(vec![100; 320].into()));
+        let mut w = f.call.open_stream(CodecName::L16, 8000, Some("said".into())).unwrap();
+        block_on(async {
+            w.write(&[10; 400]).await.unwrap();
+            w.finish().await.unwrap();
+        });
+        assert_eq!(f.slot(), Some(vec![110; 160]));
+        assert_eq!(f.slot(), Some(vec![110; 160]));
+        assert_eq!(f.events(), [MediaEvent::PlayFinished]);
+        let mut last = vec![10; 80];
+        last.resize(160, 0);
+        assert_eq!(f.slot(), Some(last), "the stream's last frame, padded");
+        assert_eq!(f.events(), [MediaEvent::Mark("said".into())]);
+        assert_eq!(f.slot(), None);
+        assert_eq!(f.stats.stream_underruns.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn clear_drops_a_stream_within_one_frame() {
+        let mut f = fixture(CodecName::L16, None);
+        let mut w = f.call.open_stream(CodecName::L16, 8000, Some("never".into())).unwrap();
+        block_on(w.write(&[7; 160 * 20])).unwrap();
+        assert_eq!(f.slot(), Some(vec![7; 160]));
+        f.call.command(Command::Clear);
+        assert_eq!(f.slot(), None, "the next slot has nothing of it");
+        assert_eq!(block_on(w.write(&[7; 160])), Err(stream_source::StreamError::Closed));
+        assert!(f.events().is_empty(), "a cleared stream's mark is never reached");
+    }
+
+    #[test]
+    fn a_starved_stream_plays_silence_and_counts() {
+        let mut f = fixture(CodecName::L16, None);
+        let mut w = f.call.open_stream(CodecName::Pcmu, 8000, None).unwrap();
+        assert_eq!(f.slot(), None, "no audio yet: nothing to send");
+        block_on(w.write_bytes(&[0x80; 160])).unwrap();
+        assert_eq!(f.slot(), Some(vec![32124; 160]));
+        assert_eq!(f.slot(), Some(vec![0; 160]));
+        assert_eq!(f.stats.stream_underruns.load(Relaxed), 1);
+        for _ in 0..crate::media::call::MAX_STREAMS - 1 {
+            f.call.open_stream(CodecName::L16, 8000, None).unwrap();
+        }
+        assert!(f.call.open_stream(CodecName::L16, 8000, None).is_err(), "bounded");
+    }
+
+    #[test]
+    fn taps_get_the_callers_audio_and_a_slow_tap_costs_only_its_own_frames() {
+        let mut f = fixture(CodecName::Pcmu, None);
+        let mut pcm = f.call.tap(16000).unwrap();
+        let mut raw = f.call.tap_mulaw().unwrap();
+        let wire: Vec<u8> = (0..60 * 160).map(|i| (i / 160) as u8).collect();
+        f.call.command(Command::Echo(true));
+        // 60 frames at once, nobody reading the taps: the call takes them all.
+        assert_eq!(f.call.audio(&wire), 60);
+        assert_eq!(f.stats.tap_dropped_frames.load(Relaxed), 2 * (60 - crate::media::tap::TAP_FRAMES as u64));
+        // The slots go on as ever (the echo plays).
+        assert!(f.slot().is_some());
+        for n in 0..crate::media::tap::TAP_FRAMES {
+            assert_eq!(&block_on(raw.recv()).unwrap()[..], &wire[n * 160..(n + 1) * 160], "untouched, in order");
+        }
+        let frame = pcm.try_recv().unwrap().unwrap();
+        assert_eq!(frame.len(), 320, "20 ms at 16 kHz");
+        assert!(fixture(CodecName::L16, None).call.tap_mulaw().is_err());
+    }
+
+    #[test]
+    fn recording_goes_through_the_writer_thread() {
+        let dir = std::env::temp_dir().join(format!("gw-call-rec-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("call.wav");
+        let mut f = fixture(CodecName::L16, Some(Recorder::create(&path, 8000).unwrap()));
+        f.call.command(Command::Echo(true));
+        for n in 1..=3i16 {
+            f.call.audio(&l16(&[n; 160]));
+            assert_eq!(f.slot(), Some(vec![n; 160]));
+        }
+        assert!(f.slot().is_none());
+        let summary = f.call.finish().expect("recording").join().unwrap();
+        assert_eq!((summary.blocks, summary.failed), (4, false));
+        let samples: Vec<i16> = hound::WavReader::open(&path).unwrap().samples::<i16>().map(Result::unwrap).collect();
+        let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+        let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+        let expected: Vec<i16> = [vec![1; 160], vec![2; 160], vec![3; 160], vec![0; 160]].concat();
+        assert_eq!(left, expected, "caller");
+        assert_eq!(right, expected, "echo");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn delay_quantiles_are_bucket_upper_bounds() {

@@ -20,6 +20,8 @@ pub struct EchoBuffer {
     frames: VecDeque<Vec<i16>>,
     /// Consecutive slots that left frames waiting.
     standing: u32,
+    /// Frames trimmed while playing as a mixer source, not yet counted by the call.
+    trimmed: usize,
     /// The fewest frames left waiting at any of those slots.
     least_waiting: usize,
 }
@@ -56,6 +58,26 @@ impl EchoBuffer {
     pub fn clear(&mut self) {
         self.frames.clear();
         self.standing = 0;
+    }
+
+    /// Frames trimmed since the last call, when playing as a mixer source.
+    pub fn take_trimmed(&mut self) -> usize {
+        std::mem::take(&mut self.trimmed)
+    }
+}
+
+impl super::mixer::Source for EchoBuffer {
+    fn next_frame(&mut self, out: &mut Vec<i16>) -> bool {
+        out.clear();
+        let (frame, trimmed) = self.pop();
+        self.trimmed += trimmed;
+        match frame {
+            Some(f) => {
+                out.extend_from_slice(&f);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -1,14 +1,18 @@
 //! The media engine (DESIGN sections 3.5 and 4): codecs, resampling, 20 ms framing, real-time
-//! pacing, the play queue, echo, DTMF tones, recording and per-call statistics.
+//! pacing, the play queue, echo, streamed audio, DTMF tones, the mixer, recording, taps of the
+//! caller's audio and per-call statistics.
 //!
 //! Plugins steer calls with media calls (`gatewayd:plugin/media`: answer, play, clear, mark,
 //! send-dtmf, echo, record, hangup) and receive media events (mark reached, play finished,
 //! frame rejected); audio itself never crosses into Wasm.
 //!
 //! Layout: the pure parts are sans-IO and unit-tested on their own ([`codec`], [`resample`],
-//! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`]); [`call`] is the state of one live
-//! call that ties them to a connection, ticked every 20 ms by a [`clock`] on the [`threads`]
-//! media runtime; [`MediaEngine`] is the registry the WebSocket server and the plugin host use.
+//! [`format`], [`playout`], [`pacer`], [`echo`], [`dtmf`], [`mixer`]); [`call`] is the state of
+//! one live call (sources -> [`mixer`] -> sinks) that ties them to a connection, ticked every
+//! 20 ms by a [`clock`] on the [`threads`] media runtime. Host code (speech) reaches a call's
+//! audio through [`stream_source`] (audio into the call) and [`tap`] (the caller's audio out);
+//! [`recording`] writes WAV files on threads of their own. [`MediaEngine`] is the registry the
+//! WebSocket server, the plugin host and the speech bridge use.
 
 pub mod call;
 pub mod clock;
@@ -17,11 +21,14 @@ pub mod dtmf;
 pub mod echo;
 pub mod files;
 pub mod format;
+pub mod mixer;
 pub mod pacer;
 pub mod playout;
 pub mod recording;
 pub mod resample;
 pub mod stats;
+pub mod stream_source;
+pub mod tap;
 pub mod threads;
 
 use crate::bus::{Bus, ConnId};
@@ -299,6 +306,59 @@ impl MediaEngine {
         Ok(())
     }
 
+    /// Run `f` on connection `id`'s live call. Err: not a call on a media route, not
+    /// answered, or ended.
+    fn with_call<T>(&self, id: ConnId, f: impl FnOnce(&mut Call) -> Result<T, String>) -> Result<T, String> {
+        let entry = self.calls.get(&id).map(|c| c.clone()).ok_or_else(|| format!("connection {id} is not a call"))?;
+        let live = entry.live.lock();
+        let live = live.as_ref().ok_or_else(|| format!("call {id} is not answered"))?;
+        let mut call = live.call.lock();
+        f(call.as_mut().ok_or_else(|| format!("call {id} has ended"))?)
+    }
+
+    /// The wire format of connection `id`, if it is a call on a media route.
+    pub fn format(&self, id: ConnId) -> Option<Format> {
+        self.calls.get(&id).map(|c| c.format)
+    }
+
+    /// Open a stream of audio into answered call `id` (e.g. streamed TTS): PCM written to the
+    /// returned writer as `encoding` (`pcmu`, `pcma`, `l16`) at `rate` Hz (1..=192000) is
+    /// converted to the call's rate and played from the next slot on, mixed with the play
+    /// queue and the echo; `mark` is reported as [`MediaEvent::Mark`] once all of it has been
+    /// sent. `clear` drops the stream (see [`stream_source`]). Err: not an answered call, an
+    /// unknown encoding, a rate out of range, or [`call::MAX_STREAMS`] streams already.
+    pub fn open_stream(
+        &self,
+        id: ConnId,
+        encoding: &str,
+        rate: u32,
+        mark: Option<String>,
+    ) -> Result<stream_source::StreamWriter, String> {
+        let format = self.format(id).ok_or_else(|| format!("connection {id} is not a call"))?;
+        let encoding = CodecName::parse(encoding).ok_or_else(|| format!("unknown audio encoding `{encoding}`"))?;
+        // The resampler is built here, not under the call's lock.
+        let (writer, source) = stream_source::open(format.rate, encoding, rate, mark)?;
+        self.with_call(id, |c| c.add_stream(source))?;
+        Ok(writer)
+    }
+
+    /// Tap answered call `id`'s caller audio: decoded 20 ms frames converted to `rate_hz`
+    /// (a multiple of 50, e.g. 16000 for a recogniser), through a queue of
+    /// [`tap::TAP_FRAMES`] frames that drops (counted in the call's stats) when the reader is
+    /// behind. Err: not an answered call, a bad rate, or [`tap::MAX_TAPS`] taps already.
+    pub fn tap(&self, id: ConnId, rate_hz: u32) -> Result<tap::PcmTap, String> {
+        let format = self.format(id).ok_or_else(|| format!("connection {id} is not a call"))?;
+        let pending = tap::PendingTap::new(format.rate, rate_hz)?;
+        self.with_call(id, |c| c.attach_tap(pending))
+    }
+
+    /// Tap answered call `id`'s caller frames untouched, when its route carries G.711 mu-law
+    /// (160 bytes per 20 ms at 8 kHz); dropping and counting as [`MediaEngine::tap`]. Err: not
+    /// an answered call, another codec, or too many taps.
+    pub fn tap_mulaw(&self, id: ConnId) -> Result<mpsc::Receiver<bytes::Bytes>, String> {
+        self.with_call(id, |c| c.tap_mulaw())
+    }
+
     /// Statistics of call `id`'s media session, while it runs.
     pub fn stats(&self, id: ConnId) -> Option<stats::StatsSnapshot> {
         let call = self.calls.get(&id)?.clone();
@@ -346,5 +406,45 @@ mod tests {
         let opus = Format::new(CodecName::Opus, 48000).unwrap();
         assert!(check_chunk(opus, 1).is_ok() && check_chunk(opus, 1275).is_ok());
         assert!(check_chunk(opus, 0).is_err() && check_chunk(opus, 1276).is_err());
+    }
+
+    #[test]
+    fn streams_and_taps_by_connection_on_the_media_clock() {
+        use crate::bus::{ConnParts, Outbox};
+        use std::time::Duration;
+        const WAIT: Duration = Duration::from_secs(10);
+        let bus = Arc::new(Bus::new());
+        let outbox = Arc::new(Outbox::new(1000, 1 << 20));
+        let id = bus.register(ConnParts { plugin: "ivr".into(), outbox, session: Arc::default() });
+        let engine = MediaEngine::new(bus, threads::MediaThreads::start(1, 0).unwrap());
+        let (tx, mut events) = mpsc::unbounded_channel();
+        engine.register(id, "ivr", Format::new(CodecName::Pcmu, 8000).unwrap(), tx);
+        assert!(engine.tap(id, 16000).unwrap_err().contains("not answered"));
+        assert!(engine.tap(id + 1, 16000).is_err() && engine.open_stream(id + 1, "l16", 8000, None).is_err());
+        engine.answer(id, "ivr").unwrap();
+        let mut tap = engine.tap(id, 16000).unwrap();
+        let mut raw = engine.tap_mulaw(id).unwrap();
+        assert!(engine.open_stream(id, "opus", 8000, None).is_err());
+        let mut stream = engine.open_stream(id, "l16", 24000, Some("spoken".into())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            assert!(matches!(engine.push_frame(id, &[0x80; 160]), FrameOutcome::Accepted));
+            assert_eq!(tokio::time::timeout(WAIT, raw.recv()).await.unwrap().unwrap(), vec![0x80; 160]);
+            // 100 ms at 24 kHz, streamed in odd pieces, then its mark from the clock.
+            for piece in vec![1000i16; 2400].chunks(333) {
+                stream.write(piece).await.unwrap();
+            }
+            stream.finish().await.unwrap();
+            let event = tokio::time::timeout(WAIT, events.recv()).await.unwrap();
+            assert_eq!(event, Some(MediaEvent::Mark("spoken".into())));
+            engine.hangup(id, "ivr").unwrap();
+            let mut frames = 0;
+            while let Some(frame) = tokio::time::timeout(WAIT, tap.recv()).await.unwrap() {
+                assert_eq!(frame.len(), 320);
+                frames += 1;
+            }
+            assert_eq!(frames, 1, "one caller frame, at 16 kHz; the tap ends with the call");
+        });
+        assert!(engine.tap(id, 16000).is_err(), "hung up");
     }
 }

@@ -109,6 +109,16 @@ impl PlayQueue {
     }
 }
 
+impl super::mixer::Source for PlayQueue {
+    fn next_frame(&mut self, out: &mut Vec<i16>) -> bool {
+        PlayQueue::next_frame(self, out)
+    }
+
+    fn reached(&mut self, into: &mut Vec<Reached>) {
+        PlayQueue::reached(self, into)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

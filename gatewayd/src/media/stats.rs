@@ -22,6 +22,12 @@ pub struct CallStats {
     pub rejected_frames: AtomicU64,
     /// Largest delay of an outgoing frame behind its slot, microseconds.
     pub max_delay_us: AtomicU64,
+    /// Slots where a started stream had no audio ready and played silence.
+    pub stream_underruns: AtomicU64,
+    /// Caller frames a tap lost because its reader was behind (one per tap and frame).
+    pub tap_dropped_frames: AtomicU64,
+    /// Recording blocks (20 ms) dropped because the writer thread was behind.
+    pub recording_dropped_blocks: AtomicU64,
 }
 
 /// A plain copy of [`CallStats`].
@@ -36,6 +42,9 @@ pub struct StatsSnapshot {
     pub dropped_frames: u64,
     pub rejected_frames: u64,
     pub max_delay_us: u64,
+    pub stream_underruns: u64,
+    pub tap_dropped_frames: u64,
+    pub recording_dropped_blocks: u64,
 }
 
 impl CallStats {
@@ -55,6 +64,9 @@ impl CallStats {
             dropped_frames: self.dropped_frames.load(Relaxed),
             rejected_frames: self.rejected_frames.load(Relaxed),
             max_delay_us: self.max_delay_us.load(Relaxed),
+            stream_underruns: self.stream_underruns.load(Relaxed),
+            tap_dropped_frames: self.tap_dropped_frames.load(Relaxed),
+            recording_dropped_blocks: self.recording_dropped_blocks.load(Relaxed),
         }
     }
 }
