@@ -1,11 +1,10 @@
 //! Audio conversions between the call (G.711 mu-law, 8000 Hz, mono) and the formats a
-//! provider's plan names, with the media engine's codecs ([`crate::media::codec`]) and `rubato`
-//! (the library [`crate::media::resample`] uses) run as a streaming resampler. Mono only.
+//! provider's plan names, with the media engine's codecs ([`crate::media::codec`]) and its
+//! streaming resampler ([`crate::media::resample::StreamResampler`]). Mono only.
 
 use super::bindings::types::{AudioEncoding, AudioFormat};
 use crate::media::codec::{alaw_to_linear, linear_to_alaw, linear_to_ulaw, ulaw_to_linear};
-use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
-use rubato::{Fft, FixedSync, Indexing, Resampler};
+use crate::media::resample::StreamResampler;
 
 /// The call's rate, in Hz.
 pub const CALL_RATE: u32 = 8000;
@@ -21,92 +20,6 @@ pub fn supported(format: &AudioFormat) -> bool {
 /// Bytes per sample of a supported encoding.
 pub fn sample_bytes(encoding: AudioEncoding) -> usize {
     if encoding == AudioEncoding::PcmS16le { 2 } else { 1 }
-}
-
-/// Sample-rate conversion of a stream of 16-bit mono samples, chunk by chunk (20 ms of input
-/// per resampler step), so a stream converts as one clip would: the resampler's start-up delay
-/// is trimmed and [`StreamResampler::finish`] flushes the tail, giving `ceil(n * to / from)`
-/// samples for `n` in.
-pub struct StreamResampler {
-    resampler: Fft<f32>,
-    ratio: f64,
-    pending: Vec<f32>,
-    to_trim: usize,
-    samples_in: u64,
-    samples_out: u64,
-    out: Vec<Vec<f32>>,
-}
-
-impl StreamResampler {
-    /// A resampler from `from` Hz to `to` Hz (both positive). Errors: rubato refused the rates.
-    pub fn new(from: u32, to: u32) -> Result<StreamResampler, String> {
-        let chunk = (from as usize / 50).max(1);
-        let resampler = Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)
-            .map_err(|e| format!("resampler {from} -> {to} Hz: {e}"))?;
-        let out = vec![vec![0f32; resampler.output_frames_max()]];
-        Ok(StreamResampler {
-            to_trim: resampler.output_delay(),
-            ratio: to as f64 / from as f64,
-            resampler,
-            pending: Vec::new(),
-            samples_in: 0,
-            samples_out: 0,
-            out,
-        })
-    }
-
-    /// Feed `samples`; append whatever output is ready to `out`.
-    pub fn push(&mut self, samples: &[i16], out: &mut Vec<i16>) {
-        self.samples_in += samples.len() as u64;
-        self.pending.extend(samples.iter().map(|&s| s as f32 / 32768.0));
-        while self.pending.len() >= self.resampler.input_frames_next() {
-            let n = self.resampler.input_frames_next();
-            let chunk: Vec<f32> = self.pending.drain(..n).collect();
-            self.step(chunk, None, out);
-        }
-    }
-
-    /// End of the stream: flush the rest, so the total output is `ceil(in * to / from)`.
-    pub fn finish(&mut self, out: &mut Vec<i16>) {
-        let expected = (self.samples_in as f64 * self.ratio).ceil() as u64;
-        let partial = std::mem::take(&mut self.pending);
-        let mut len = partial.len();
-        let mut chunk = partial;
-        // Bounded: each step makes at least one output chunk's worth of progress.
-        for _ in 0..64 {
-            if self.samples_out >= expected {
-                break;
-            }
-            chunk.resize(self.resampler.input_frames_next(), 0.0);
-            self.step(std::mem::take(&mut chunk), Some(len), out);
-            len = 0;
-        }
-        let extra = (self.samples_out.saturating_sub(expected)) as usize;
-        out.truncate(out.len().saturating_sub(extra));
-        self.samples_out = self.samples_out.min(expected);
-    }
-
-    fn step(&mut self, chunk: Vec<f32>, partial_len: Option<usize>, out: &mut Vec<i16>) {
-        let frames = chunk.len();
-        let input = vec![chunk];
-        let out_frames = self.out[0].len();
-        let (Ok(in_adapter), Ok(mut out_adapter)) = (
-            SequentialSliceOfVecs::new(&input, 1, frames),
-            SequentialSliceOfVecs::new_mut(&mut self.out, 1, out_frames),
-        ) else {
-            return;
-        };
-        let indexing = Indexing { input_offset: 0, output_offset: 0, active_channels_mask: None, partial_len };
-        let Ok((_, produced)) = self.resampler.process_into_buffer(&in_adapter, &mut out_adapter, Some(&indexing))
-        else {
-            return;
-        };
-        let skip = self.to_trim.min(produced);
-        self.to_trim -= skip;
-        let produced_samples = &self.out[0][skip..produced];
-        self.samples_out += produced_samples.len() as u64;
-        out.extend(produced_samples.iter().map(|&s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16));
-    }
 }
 
 /// Decoder of a byte stream in a supported format to 16-bit samples at the call's rate.
@@ -151,15 +64,22 @@ impl ToCall {
             }
         }
         match &mut self.resampler {
-            Some(r) => r.push(&self.decoded, out),
+            // The rates were accepted when it was built; a failing step loses that chunk only.
+            Some(r) => {
+                if let Err(e) = r.push(&self.decoded, out) {
+                    tracing::debug!(error = %e, "speech audio: a resampler step failed");
+                }
+            }
             None => out.extend_from_slice(&self.decoded),
         }
     }
 
     /// End of the stream: the resampler's tail (a trailing odd byte is dropped).
     pub fn finish(&mut self, out: &mut Vec<i16>) {
-        if let Some(r) = &mut self.resampler {
-            r.finish(out);
+        if let Some(r) = &mut self.resampler
+            && let Err(e) = r.flush(out)
+        {
+            tracing::debug!(error = %e, "speech audio: the resampler's tail was lost");
         }
     }
 }
@@ -201,7 +121,9 @@ impl FromCall {
         let samples = match &mut self.resampler {
             Some(r) => {
                 self.resampled.clear();
-                r.push(&self.samples, &mut self.resampled);
+                if let Err(e) = r.push(&self.samples, &mut self.resampled) {
+                    tracing::debug!(error = %e, "call audio: a resampler step failed");
+                }
                 &self.resampled
             }
             None => &self.samples,
@@ -229,9 +151,9 @@ mod tests {
             let mut r = StreamResampler::new(24_000, 8000).unwrap();
             let mut out = Vec::new();
             for c in tone.chunks(chunk) {
-                r.push(c, &mut out);
+                r.push(c, &mut out).unwrap();
             }
-            r.finish(&mut out);
+            r.flush(&mut out).unwrap();
             assert_eq!(out.len(), 8000, "chunks of {chunk}");
         }
     }
