@@ -40,9 +40,9 @@ pub struct HostState {
 }
 
 /// Caps linear memory; remembers a refused growth so the fault can be named.
-struct MemoryLimiter {
-    max_bytes: usize,
-    hit: bool,
+pub(crate) struct MemoryLimiter {
+    pub(crate) max_bytes: usize,
+    pub(crate) hit: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {

@@ -18,7 +18,7 @@
 
 mod bindings;
 mod budget;
-mod host;
+pub(crate) mod host;
 #[doc(hidden)]
 pub mod host_files;
 mod kv;

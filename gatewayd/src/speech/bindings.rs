@@ -4,6 +4,7 @@
 //! plugin's `[plugins.<name>.config]` table as JSON). Exports are async (called on a fiber, so
 //! fuel and the memory cap apply without blocking a runtime thread).
 
+use crate::plugins::host::MemoryLimiter;
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -67,26 +68,6 @@ impl SpeechHost {
     /// Whether a memory growth was refused (to name the fault).
     pub fn memory_limit_hit(&self) -> bool {
         self.limiter.hit
-    }
-}
-
-/// Caps linear memory; remembers a refused growth.
-struct MemoryLimiter {
-    max_bytes: usize,
-    hit: bool,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.hit = true;
-            return Err(wasmtime::format_err!("memory limit of {} MiB exceeded", self.max_bytes >> 20));
-        }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
     }
 }
 
