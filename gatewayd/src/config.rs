@@ -33,6 +33,30 @@ pub struct Config {
     /// `[network]`: outbound connections of provider plugins (see `net`).
     #[serde(default)]
     pub network: NetworkConfig,
+    /// `[speech]`: the STT and TTS providers calls use unless a route or the plugin names one.
+    #[serde(default)]
+    pub speech: SpeechChoice,
+}
+
+/// Which speech provider plugins to use (`[speech]`, and a route's `speech = {...}`): plugin
+/// names from `[plugins]` whose components are speech providers (`speech::Providers`).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechChoice {
+    /// The speech-to-text provider (`stt-provider` world).
+    pub stt: Option<String>,
+    /// The text-to-speech provider (`tts-provider` world).
+    pub tts: Option<String>,
+}
+
+impl SpeechChoice {
+    /// `self`'s choices, falling back to `defaults`' where `self` has none.
+    pub fn or(&self, defaults: &SpeechChoice) -> SpeechChoice {
+        SpeechChoice {
+            stt: self.stt.clone().or_else(|| defaults.stt.clone()),
+            tts: self.tts.clone().or_else(|| defaults.tts.clone()),
+        }
+    }
 }
 
 /// `[network]`: what every provider plugin's outbound TLS trusts.
@@ -337,6 +361,10 @@ pub struct RouteConfig {
     /// handshake, only a close code (chat.md: 4003). The plugin never sees such a connection.
     #[serde(default)]
     pub refused_token_close: Option<u16>,
+    /// Media routes: speech providers for this route's calls, over `[speech]`
+    /// (`speech = { stt = "deepgram", tts = "elevenlabs" }`).
+    #[serde(default)]
+    pub speech: SpeechChoice,
 }
 
 /// A media route's wire audio: codec and sample rate, mono, 20 ms frames.
@@ -607,6 +635,22 @@ impl Config {
         }
     }
 
+    /// The providers `choice` names must be plugins of the config (whether they are speech
+    /// providers is known once their components are read: `speech::Providers`).
+    fn check_speech(&self, choice: &SpeechChoice, path: &str) -> Result<(), ConfigError> {
+        for (key, name) in [("stt", &choice.stt), ("tts", &choice.tts)] {
+            if let Some(name) = name
+                && !self.plugins.contains_key(name)
+            {
+                return Err(ConfigError {
+                    path: format!("{path}.{key}"),
+                    message: format!("no plugin named `{name}` in [plugins]"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let err = |path: String, message: String| Err(ConfigError { path, message });
         if self.listeners.is_empty() {
@@ -652,6 +696,7 @@ impl Config {
                 return err(format!("listeners.{name}.max_connections_per_ip"), "must be at least 1".into());
             }
         }
+        self.check_speech(&self.speech, "speech")?;
         for (i, r) in self.routes.iter().enumerate() {
             if !self.listeners.contains_key(&r.listener) {
                 return err(
@@ -671,6 +716,10 @@ impl Config {
                     return err(format!("routes[{i}].media"), "only websocket routes carry media".into());
                 }
             }
+            if r.speech != SpeechChoice::default() && r.media.is_none() {
+                return err(format!("routes[{i}].speech"), "only media routes use speech providers".into());
+            }
+            self.check_speech(&r.speech, &format!("routes[{i}].speech"))?;
             if let Some(code) = r.refused_token_close
                 && (r.kind != RouteKind::Websocket || !(4000..=4999).contains(&code))
             {

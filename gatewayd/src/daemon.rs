@@ -47,6 +47,7 @@ struct Reloader {
     keys: Arc<Keys>,
     listeners: Vec<Arc<Listener>>,
     media: Arc<crate::media::MediaEngine>,
+    speech: Arc<crate::speech::Calls>,
     /// The files a change of which triggers a reload (set by [`watch_files`]; a reload that
     /// adds a plugin adds its component file).
     watched: Arc<Watched>,
@@ -79,12 +80,14 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             .context("starting the media threads")?;
     let media = Arc::new(crate::media::MediaEngine::new(bus.clone(), media_threads));
     configure_media(&media, &config)?;
+    let speech = Arc::new(crate::speech::Calls::from_config(&config, media.clone(), metrics.speech.clone())?);
     let services = Arc::new(Services {
         bus: bus.clone(),
         store: Some(store.clone()),
         jwt,
         metrics: metrics.clone(),
         media: media.clone(),
+        speech: speech.clone(),
     });
     let runtime = Arc::new(Runtime::load(&config.plugins, services).await?);
     let server = Server::bind(&config, &runtime, keys.clone(), bus.clone(), metrics.edge.clone()).await?;
@@ -102,6 +105,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         keys,
         listeners: server.listeners(),
         media,
+        speech,
         watched: Arc::default(),
     });
     let addrs = server.local_addrs();
@@ -162,6 +166,13 @@ impl Reloader {
                 if let Err(e) = configure_media(&self.media, &config) {
                     tracing::error!(error = %format!("{e:#}"), "plugin media not reloaded");
                 }
+                match crate::speech::calls::provider_tls(&config) {
+                    Ok(tls) => self.speech.providers().set_tls(tls),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "[network] not reloaded; providers keep the current TLS roots")
+                    }
+                }
+                self.speech.providers().set_defaults(config.speech.clone());
                 let report = self.runtime.reload(&config.plugins).await;
                 self.watched.set(&config, &self.config_path);
                 if let Err(e) = self.keys.rotate(&config.auth) {

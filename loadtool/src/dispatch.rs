@@ -73,10 +73,12 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
 }
 
 /// Daemon services for an in-process runtime: the given bus, no database, the config's keys,
-/// fresh metrics and a media engine.
+/// fresh metrics, a media engine and speech (no providers).
 pub fn in_process_services(bus: &Arc<Bus>, config: &Config) -> anyhow::Result<Arc<Services>> {
     let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&config.auth)?));
     let media_threads = gatewayd::media::threads::MediaThreads::start(1, 0)?;
     let media = Arc::new(gatewayd::media::MediaEngine::new(bus.clone(), media_threads));
-    Ok(Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics: Arc::default(), media }))
+    let metrics = Arc::new(gatewayd::plugins::stats::Metrics::default());
+    let speech = Arc::new(gatewayd::speech::Calls::from_config(config, media.clone(), metrics.speech.clone())?);
+    Ok(Arc::new(Services { bus: bus.clone(), store: None, jwt, metrics, media, speech }))
 }

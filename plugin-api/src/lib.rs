@@ -42,7 +42,9 @@ use serde::de::DeserializeOwned;
 
 pub use exports::gatewayd::plugin::handler::Guest;
 pub use exports::gatewayd::plugin::schema::{Guest as SchemaGuest, Migration};
+pub use exports::gatewayd::plugin::speech_handler::Guest as SpeechGuest;
 pub use gatewayd::plugin::media::MediaEvent;
+pub use gatewayd::plugin::speech_events::{SpeechEvent, SpeechFailure, Transcript};
 pub use gatewayd::plugin::types::{ConnectInfo, ConnectionId, HttpRequest, HttpResponse, SqlValue};
 
 /// Re-exported so plugins need no direct serde_json dependency for simple cases.
@@ -80,6 +82,9 @@ pub trait Protocol {
     }
     /// A call on one of the plugin's media routes reported a media event (see [`media`]).
     fn on_media(_id: ConnectionId, _event: MediaEvent) {}
+    /// Speech on call `id` (see [`media::transcribe`] and [`media::say`]): transcripts in
+    /// order, speech started / utterance end, `stopped`, and STT / TTS errors.
+    fn on_speech(_id: ConnectionId, _event: SpeechEvent) {}
     /// The plugin's own tables: its migrations for `backend` (`"sqlite"` or `"postgres"`), in
     /// ascending version order, applied by the daemon when it loads the plugin (see
     /// [`Migration`] and docs/security.md "Plugin tables"). Default: no tables.
@@ -154,6 +159,11 @@ macro_rules! protocol_plugin {
                 <$ty as $crate::Protocol>::migrations(&backend)
             }
         }
+        impl $crate::SpeechGuest for $ty {
+            fn on_speech(id: $crate::ConnectionId, event: $crate::SpeechEvent) {
+                <$ty as $crate::Protocol>::on_speech(id, event)
+            }
+        }
         // The component's exports exist only in the Wasm build: host builds of plugins (unit
         // tests, fuzz targets) link several plugins into one binary, whose export symbols
         // would otherwise collide.
@@ -173,6 +183,7 @@ macro_rules! protocol_plugin {
                 <$ty as $crate::Guest>::on_http,
                 <$ty as $crate::Guest>::on_media,
                 <$ty as $crate::SchemaGuest>::migrations,
+                <$ty as $crate::SpeechGuest>::on_speech,
             )
         }
     };
@@ -361,12 +372,29 @@ pub mod log {
 }
 
 /// Calls on media routes (`gatewayd:plugin/media`): answer, play, clear, mark, DTMF, echo,
-/// record, hang up. The host moves the audio; the plugin only steers it and hears back
-/// through [`Protocol::on_media`].
+/// record, hang up, and speech: `transcribe` / `stop_transcribing` (results arrive in
+/// [`Protocol::on_speech`]) and `say` (text spoken by a TTS provider; its mark arrives in
+/// [`Protocol::on_media`]). The host moves the audio; the plugin only steers it.
 pub mod media {
     pub use super::gatewayd::plugin::media::{
-        answer, clear, echo, hangup, mark, play_bytes, play_file, record, send_dtmf,
+        SayOptions, TranscribeOptions, answer, clear, echo, hangup, mark, play_bytes, play_file, record, say,
+        send_dtmf, stop_transcribing, transcribe,
     };
+
+    /// Transcribe call `id` with the route's (or `[speech]`'s) STT provider, finals only, in
+    /// the provider's default language.
+    pub fn transcribe_default(id: super::ConnectionId) -> Result<(), String> {
+        transcribe(
+            id,
+            &TranscribeOptions { provider: None, language: None, interim_results: false, keyterms: Vec::new() },
+        )
+    }
+
+    /// Speak `text` into call `id` with the route's (or `[speech]`'s) TTS provider and its
+    /// default voice; `mark` is reported when it has all been sent.
+    pub fn say_text(id: super::ConnectionId, text: &str, mark: Option<&str>) -> Result<(), String> {
+        say(id, text, &SayOptions { provider: None, voice: None, mark: mark.map(str::to_string) })
+    }
 }
 
 /// HTTP response helpers.

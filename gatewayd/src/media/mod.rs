@@ -43,8 +43,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// What a call reports to its plugin (`media-event` in the WIT contract).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a call reports to its plugin (`media-event` in the WIT contract, and the speech
+/// events of `speech-handler.on-speech`, delivered in the same order).
+#[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
     /// Everything queued before `mark(name)` has been sent to the caller.
     Mark(String),
@@ -52,6 +53,8 @@ pub enum MediaEvent {
     PlayFinished,
     /// A caller frame was refused (why): wrong size for the route's format, or undecodable.
     FrameRejected(String),
+    /// Speech on the call (transcripts, speech errors: `speech::calls`).
+    Speech(crate::speech::CallSpeechEvent),
 }
 
 /// What happened to a caller's binary frame.
@@ -314,6 +317,12 @@ impl MediaEngine {
         let live = live.as_ref().ok_or_else(|| format!("call {id} is not answered"))?;
         let mut call = live.call.lock();
         f(call.as_mut().ok_or_else(|| format!("call {id} has ended"))?)
+    }
+
+    /// Where call `id` of `plugin` reports its events (to be dispatched to the plugin in
+    /// order). Err: not a call of `plugin`.
+    pub fn event_sender(&self, id: ConnId, plugin: &str) -> Result<mpsc::UnboundedSender<MediaEvent>, String> {
+        Ok(self.call(id, plugin)?.events.clone())
     }
 
     /// The wire format of connection `id`, if it is a call on a media route.

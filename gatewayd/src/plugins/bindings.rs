@@ -1,5 +1,6 @@
 //! Host-side bindings of `plugin-api/wit/gatewayd.wit`: world `protocol` (what every plugin
-//! fits) and, apart, the optional `schema` export (world `schema-owner`).
+//! fits) and, apart, the optional exports `schema` (world `schema-owner`) and `speech-handler`
+//! (world `speech-listener`).
 
 wasmtime::component::bindgen!({
     world: "protocol",
@@ -13,6 +14,16 @@ wasmtime::component::bindgen!({
 pub mod schema_owner {
     wasmtime::component::bindgen!({
         world: "schema-owner",
+        path: "../plugin-api/wit",
+        exports: { default: async },
+    });
+}
+
+/// The optional `speech-handler` export (speech events of calls), which components built
+/// before it existed do not have: looked up like `schema`.
+pub mod speech_listener {
+    wasmtime::component::bindgen!({
+        world: "speech-listener",
         path: "../plugin-api/wit",
         exports: { default: async },
     });

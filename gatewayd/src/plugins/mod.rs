@@ -112,6 +112,8 @@ pub struct Services {
     pub metrics: Arc<stats::Metrics>,
     /// The media engine (calls on media routes).
     pub media: Arc<crate::media::MediaEngine>,
+    /// Speech on calls, and the speech provider plugins (`speech::Calls`, `speech::Providers`).
+    pub speech: Arc<crate::speech::Calls>,
 }
 
 /// One compiled, linked and initialised version of a plugin: its component and everything
@@ -120,6 +122,8 @@ struct Version {
     pre: bindings::ProtocolPre<HostState>,
     /// The component's `schema` export, when it has one (its own tables).
     schema: Option<bindings::schema_owner::SchemaOwnerIndices>,
+    /// The component's `speech-handler` export, when it has one (speech events of calls).
+    speech: Option<bindings::speech_listener::SpeechListenerIndices>,
     idle: Mutex<Vec<Warm>>,
     running: Semaphore,
     limits: PluginLimits,
@@ -160,6 +164,8 @@ struct Warm {
     store: WasmStore<HostState>,
     instance: wasmtime::component::Instance,
     bindings: Protocol,
+    /// The `speech-handler` export, when the component has one.
+    speech: Option<bindings::speech_listener::SpeechListener>,
 }
 
 /// A named plugin: its current version plus what outlives versions (kv, timers, stats).
@@ -197,10 +203,55 @@ impl Runtime {
         host::add_to_linker(&mut linker)?;
         let rt = Runtime { engine, linker, plugins: RwLock::new(HashMap::new()), services };
         for (name, config) in configs {
+            if is_provider(config).await {
+                rt.load_provider(name, config).await?;
+                continue;
+            }
             let plugin = rt.load_plugin(name, config).await?;
             rt.plugins.write().insert(name.clone(), plugin);
         }
         Ok(rt)
+    }
+
+    /// Load (or reload) speech provider `name` from `config` into the speech registry
+    /// (`speech::Providers`): compiled, linked and its `init` run before it replaces the
+    /// version serving; streams already running keep theirs. Returns whether it changed.
+    async fn load_provider(&self, name: &str, config: &PluginConfig) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let bytes = tokio::fs::read(&config.file)
+            .await
+            .map_err(|e| anyhow::anyhow!("plugin `{name}`: cannot read {}: {e}", config.file.display()))?;
+        let providers = self.services.speech.providers();
+        let info = VersionInfo {
+            file: config.file.clone(),
+            hash: short_hash(&bytes),
+            config_hash: config_hash(config),
+            loaded_at: SystemTime::now(),
+        };
+        let old = providers.version(name);
+        if old.as_ref().is_some_and(|o| o.hash == info.hash && o.config_hash == info.config_hash && o.file == info.file)
+        {
+            return Ok(false);
+        }
+        let config_json = serde_json::to_string(&config.config).context("plugin config to JSON")?;
+        let provider = crate::speech::Provider::load(
+            providers.engine(),
+            name,
+            &config.file,
+            &config_json,
+            &config.capabilities,
+            providers.tls(),
+        )
+        .await?;
+        let limits = crate::speech::Limits {
+            memory_bytes: config.limits.memory_mb as usize * 1024 * 1024,
+            ..Default::default()
+        };
+        let kind = provider.kind();
+        providers.insert(name, Arc::new(provider.with_limits(limits)), info.clone());
+        stats::PluginStats::new(&self.services.metrics, name).loaded(started.elapsed(), &info, old.as_ref());
+        tracing::info!(plugin = %name, kind = ?kind, file = %config.file.display(), version = %info.hash, ms = started.elapsed().as_millis() as u64, "speech provider loaded");
+        Ok(true)
     }
 
     /// Build plugin `name` from `config` and run its `init`; it serves once the caller adds it.
@@ -261,11 +312,13 @@ impl Runtime {
             anyhow::anyhow!("plugin `{name}`: does not fit the gatewayd:plugin@0.1.0 protocol world: {e}")
         })?;
         let schema = bindings::schema_owner::SchemaOwnerIndices::new(&pre).ok();
+        let speech = bindings::speech_listener::SpeechListenerIndices::new(&pre).ok();
         let pre = bindings::ProtocolPre::new(pre).map_err(|e| anyhow::anyhow!("plugin `{name}`: {e}"))?;
         let config_json = serde_json::to_string(&config.config).context("plugin config to JSON")?;
         Ok(Version {
             pre,
             schema,
+            speech,
             idle: Mutex::new(Vec::new()),
             running: Semaphore::new(config.limits.max_instances),
             limits: config.limits.clone(),
@@ -298,8 +351,19 @@ impl Runtime {
     /// is logged and reported; the daemon goes on without it); a plugin gone from the config is
     /// dropped: it serves no new connection (its routes go with the new route table) and its
     /// open connections keep it until they close.
-    pub async fn reload(&self, configs: &BTreeMap<String, PluginConfig>) -> ReloadReport {
+    pub async fn reload(&self, all: &BTreeMap<String, PluginConfig>) -> ReloadReport {
         let mut report = ReloadReport::default();
+        let mut configs = BTreeMap::new();
+        let mut providers = BTreeMap::new();
+        for (name, config) in all {
+            if is_provider(config).await {
+                providers.insert(name.clone(), config);
+            } else {
+                configs.insert(name.clone(), config.clone());
+            }
+        }
+        let configs = &configs;
+        self.reload_providers(&providers, &mut report).await;
         let added: Vec<&String> = configs.keys().filter(|n| !self.plugins.read().contains_key(*n)).collect();
         for name in added {
             match self.load_plugin(name, &configs[name]).await {
@@ -342,6 +406,28 @@ impl Runtime {
         report
     }
 
+    /// The provider part of [`Runtime::reload`].
+    async fn reload_providers(&self, configs: &BTreeMap<String, &PluginConfig>, report: &mut ReloadReport) {
+        let registry = self.services.speech.providers();
+        for name in registry.retain(|name| configs.contains_key(name)) {
+            tracing::info!(plugin = %name, "speech provider removed: running streams keep it until they end");
+            report.removed.push(name);
+        }
+        for (name, config) in configs {
+            let new = registry.version(name).is_none();
+            match self.load_provider(name, config).await {
+                Ok(true) if new => report.added.push(name.clone()),
+                Ok(true) => report.reloaded.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    stats::PluginStats::new(&self.services.metrics, name).reload_rejected();
+                    tracing::error!(plugin = %name, error = %format!("{e:#}"), "speech provider not (re)loaded; the current version, if any, keeps serving");
+                    report.failed.push((name.clone(), format!("{e:#}")));
+                }
+            }
+        }
+    }
+
     async fn reload_plugin(&self, plugin: &Arc<Plugin>, config: &PluginConfig) -> anyhow::Result<bool> {
         let current = plugin.version();
         let bytes =
@@ -364,6 +450,12 @@ impl Runtime {
         tracing::info!(plugin = %plugin.name, from = %old.info.hash, to = %plugin.version().hash, ms = started.elapsed().as_millis() as u64, "plugin reloaded");
         Ok(true)
     }
+}
+
+/// Whether `config`'s component is a speech provider (it exports `gatewayd:plugin/stt` or
+/// `tts`). A file that cannot be read is not: loading it as a protocol plugin reports why.
+async fn is_provider(config: &PluginConfig) -> bool {
+    tokio::fs::read(&config.file).await.is_ok_and(|bytes| crate::speech::component_kind(&bytes).is_some())
 }
 
 /// What a [`Runtime::reload`] did.
@@ -400,6 +492,11 @@ impl Plugin {
     /// The daemon services the plugin runs with.
     pub fn services(&self) -> &Arc<Services> {
         &self.services
+    }
+
+    /// Whether the current version exports `speech-handler` (hears speech events).
+    pub(crate) fn hears_speech(&self) -> bool {
+        self.current.read().speech.is_some()
     }
 
     /// The current version's description.
@@ -498,7 +595,11 @@ impl Plugin {
             .await
             .map_err(|e| Fault::Instantiate(format!("{e}")))?;
         let bindings = Protocol::new(&mut store, &instance).map_err(|e| Fault::Instantiate(format!("{e}")))?;
-        Ok(Warm { store, instance, bindings })
+        let speech = match &version.speech {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| Fault::Instantiate(format!("{e}")))?),
+            None => None,
+        };
+        Ok(Warm { store, instance, bindings, speech })
     }
 
     /// Run one event. Returns the HTTP response for `Event::Http`, and always hands the
@@ -541,7 +642,20 @@ impl Plugin {
             Event::Close(id, code) => handler.call_on_close(store, id, code).await.map(|_| None),
             Event::Timer { key, payload } => handler.call_on_timer(store, &key, &payload).await.map(|_| None),
             Event::Http(req) => handler.call_on_http(store, &req).await.map(Some),
-            Event::Media(id, event) => handler.call_on_media(store, id, &to_wit_media(event)).await.map(|_| None),
+            Event::Media(id, crate::media::MediaEvent::Speech(event)) => match &warm.speech {
+                Some(listener) => {
+                    let event = to_wit_speech(event);
+                    listener.gatewayd_plugin_speech_handler().call_on_speech(store, id, &event).await.map(|_| None)
+                }
+                None => {
+                    self.services.metrics.speech.dropped_event("no_handler", 1);
+                    Ok(None)
+                }
+            },
+            Event::Media(id, event) => match to_wit_media(event) {
+                Some(event) => handler.call_on_media(store, id, &event).await.map(|_| None),
+                None => Ok(None),
+            },
         };
         let session = warm.store.data_mut().end();
         match result {
@@ -591,13 +705,38 @@ fn arm(store: &mut WasmStore<HostState>, limit: Duration) {
     *store.data_mut().budget_mut() = budget;
 }
 
-fn to_wit_media(event: crate::media::MediaEvent) -> bindings::gatewayd::plugin::media::MediaEvent {
+fn to_wit_media(event: crate::media::MediaEvent) -> Option<bindings::gatewayd::plugin::media::MediaEvent> {
     use crate::media::MediaEvent;
     use bindings::gatewayd::plugin::media::MediaEvent as Wit;
-    match event {
+    Some(match event {
         MediaEvent::Mark(name) => Wit::Mark(name),
         MediaEvent::PlayFinished => Wit::PlayFinished,
         MediaEvent::FrameRejected(reason) => Wit::FrameRejected(reason),
+        MediaEvent::Speech(_) => return None,
+    })
+}
+
+fn to_wit_speech(
+    event: crate::speech::CallSpeechEvent,
+) -> bindings::speech_listener::gatewayd::plugin::speech_events::SpeechEvent {
+    use crate::speech::CallSpeechEvent;
+    use bindings::speech_listener::gatewayd::plugin::speech_events::{SpeechEvent, SpeechFailure, Transcript};
+    let failure = |f: crate::speech::SpeechFailure| SpeechFailure { code: f.code.to_string(), message: f.message };
+    match event {
+        CallSpeechEvent::SpeechStarted => SpeechEvent::SpeechStarted,
+        CallSpeechEvent::Transcript(t) => SpeechEvent::Transcript(Transcript {
+            text: t.text,
+            is_final: t.is_final,
+            speech_final: t.speech_final,
+            confidence: t.confidence,
+            language: t.language,
+            start_ms: t.start_ms,
+            duration_ms: t.duration_ms,
+        }),
+        CallSpeechEvent::UtteranceEnd => SpeechEvent::UtteranceEnd,
+        CallSpeechEvent::SttError(f) => SpeechEvent::SttError(failure(f)),
+        CallSpeechEvent::Stopped => SpeechEvent::Stopped,
+        CallSpeechEvent::TtsError(f) => SpeechEvent::TtsError(failure(f)),
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `gatewayd_plugin_version_info` | gauge (1) | plugin, version (SHA-256 prefix), file |
 //! | `gatewayd_connections` | gauge | |
 //! | `gatewayd_edge_*` | see `server::limits` | |
+//! | `gatewayd_speech_*` | see `speech::metrics` | |
 //!
 //! Each plugin clones its metric handles once, so recording an event touches no registry lock.
 
@@ -68,6 +69,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Admission, refusals and closes at the edge (`server::limits`).
     pub edge: std::sync::Arc<crate::server::limits::EdgeMetrics>,
+    /// Speech provider health (`speech::metrics`).
+    pub speech: std::sync::Arc<crate::speech::metrics::SpeechMetrics>,
 }
 
 impl Default for Metrics {
@@ -93,7 +96,8 @@ impl Default for Metrics {
         registry.register("connections", "Live WebSocket connections", connections.clone());
         let edge = std::sync::Arc::new(crate::server::limits::EdgeMetrics::default());
         edge.register(&mut registry);
-        Metrics { registry, events, faults, durations, reloads, load_seconds, versions, connections, edge }
+        let speech = std::sync::Arc::new(crate::speech::metrics::SpeechMetrics::register(&mut registry));
+        Metrics { registry, events, faults, durations, reloads, load_seconds, versions, connections, edge, speech }
     }
 }
 

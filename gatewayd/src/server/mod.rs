@@ -35,8 +35,8 @@ struct Route {
     kind: RouteKind,
     auth: AuthMode,
     plugin: Arc<Plugin>,
-    /// Wire audio format of a media route.
-    media: Option<crate::media::format::Format>,
+    /// Wire audio format and speech providers of a media route.
+    media: Option<websocket::MediaRoute>,
     /// Close code for a refused token after the upgrade (`RouteConfig::refused_token_close`).
     refused_token_close: Option<u16>,
 }
@@ -101,7 +101,10 @@ fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> 
                 kind: r.kind,
                 auth: r.auth,
                 plugin: plugin.clone(),
-                media: r.media.map(|m| m.format().expect("validated: media format")),
+                media: r.media.map(|m| websocket::MediaRoute {
+                    format: m.format().expect("validated: media format"),
+                    speech: r.speech.clone(),
+                }),
                 refused_token_close: r.refused_token_close,
             })
         })
@@ -422,7 +425,7 @@ async fn handle(
                 claims,
                 remote_addr: remote.to_string(),
                 limits: websocket::Limits::of(&listener.config),
-                media: route.media,
+                media: route.media.clone(),
                 held: (permit, forwarded),
                 edge: listener.admission.metrics().clone(),
             };

@@ -39,11 +39,20 @@ pub struct Accepted {
     pub claims: Option<String>,
     pub remote_addr: String,
     pub limits: Limits,
-    /// The route's audio format when it is a media route.
-    pub media: Option<crate::media::format::Format>,
+    /// The route's audio format and speech providers when it is a media route.
+    pub media: Option<MediaRoute>,
     /// The connection's place in the edge's counts, held until the socket closes.
     pub held: (Arc<Permit>, Option<AddressPermit>),
     pub edge: Arc<EdgeMetrics>,
+}
+
+/// What a media route gives its calls.
+#[derive(Debug, Clone)]
+pub struct MediaRoute {
+    /// The wire audio format.
+    pub format: crate::media::format::Format,
+    /// The route's `speech` choice over `[speech]`.
+    pub speech: crate::config::SpeechChoice,
 }
 
 /// A listener's bounds on one WebSocket connection (`[listeners.<name>]`).
@@ -241,7 +250,7 @@ async fn run<S, R, W>(
     let writer =
         tokio::spawn(write_loop(wr, outbox.clone(), closing.clone(), limits.write_timeout, accepted.edge.clone()));
     let events = Events { plugin: plugin.clone(), session, id, on: events_on };
-    let media = accepted.media.map(|format| media_events(id, format, &events));
+    let media = accepted.media.map(|route| media_events(id, route, &events));
 
     let info = ConnectInfo {
         id,
@@ -260,6 +269,7 @@ async fn run<S, R, W>(
     };
     if let Some(forwarder) = media {
         // The call's media session ends; let its last events reach the plugin before on-close.
+        plugin.services().speech.unregister(id);
         plugin.services().media.unregister(id);
         let abort = forwarder.abort_handle();
         if tokio::time::timeout(CLOSE_GRACE, forwarder).await.is_err() {
@@ -275,9 +285,11 @@ async fn run<S, R, W>(
 
 /// Register a connection of a media route with the media engine and forward its media events
 /// to the plugin, in order, as session events. The task ends when the call is unregistered.
-fn media_events(id: u64, format: crate::media::format::Format, events: &Events) -> tokio::task::JoinHandle<()> {
+fn media_events(id: u64, route: MediaRoute, events: &Events) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    events.plugin.services().media.register(id, events.plugin.name(), format, tx);
+    let services = events.plugin.services();
+    services.media.register(id, events.plugin.name(), route.format, tx);
+    services.speech.register(id, events.plugin.name(), route.speech);
     let events = events.clone();
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {

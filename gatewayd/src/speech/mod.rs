@@ -10,10 +10,17 @@
 //! - [`TtsRequest`] ([`tts`]): text to a vendor HTTP request whose streamed audio comes out as
 //!   16-bit PCM at 8000 Hz; retried once if it failed before any audio; cancelled by dropping.
 //! - [`convert`]: the audio conversions (media codecs and a streaming resampler).
+//! - [`Providers`] ([`providers`]): the provider plugins of the config by name, swapped by hot
+//!   reload, and how a call picks one.
+//! - [`Calls`] ([`calls`]): speech on protocol plugins' calls (`media.transcribe`, `say`).
+//! - [`metrics`]: provider health in `/metrics`.
 
 pub mod bindings;
+pub mod calls;
 pub mod convert;
+pub mod metrics;
 pub mod provider;
+pub mod providers;
 mod socket;
 pub mod stt;
 pub mod tts;
@@ -22,7 +29,9 @@ pub mod tts;
 mod tests;
 
 pub use bindings::types::{AudioEncoding, AudioFormat, CloseAction, Disconnect, ErrorKind, SpeechError};
+pub use calls::{CallSpeechEvent, Calls};
 pub use provider::{Limits, Provider, ProviderKind, SpeechEngine};
+pub use providers::{Providers, component_kind};
 pub use stt::{SttInput, SttStats, SttStream, SttStreamEvent};
 pub use tts::{TtsOutput, TtsRequest};
 

@@ -360,6 +360,12 @@ impl Task {
         };
         let conn = match connected {
             Ok(conn) => conn,
+            // The plan names a host the capability does not allow: no retry can succeed.
+            Err(
+                e @ (crate::net::OutboundError::NotAllowed { .. } | crate::net::OutboundError::PrivateAddress { .. }),
+            ) => {
+                return Ok(Some(End::Fatal(SpeechFailure::new("config", e.to_string()))));
+            }
             Err(e) => {
                 let reason = disconnect_of(&e, None);
                 return Ok(Some(End::Vendor { reason, accepted: false, got_message: false, lived: Duration::ZERO }));

@@ -16,6 +16,14 @@
 //! - `verify:<jwt>`: `auth.verify`; replies `claims:<JSON>` or `verify-error:<why>`;
 //! - `version`: replies `version:1`, or `version:2` when built with the `v2` feature (a second
 //!   build for hot-reload tests);
+//! - on a media route (speech tests): `answer` (replies `answered`), `transcribe` or
+//!   `transcribe:<provider>` (interim results on; replies `transcribing`), `stop-transcribing`
+//!   (replies `stop:<true|false>`), `say:<mark>:<text>` or `say-with:<provider>:<mark>:<text>`
+//!   (replies `saying`), `clear` (replies `cleared`), `hangup` (replies `hung-up`); a refused
+//!   call replies `media-error:<why>`. Media events come back as `mark:<name>`,
+//!   `play-finished`, `frame-rejected:<why>`; speech events as `speech:<JSON>` with `event`
+//!   (`speech_started`, `transcript`, `utterance_end`, `stt_error`, `stopped`, `tts_error`) and
+//!   the event's fields;
 //! - anything else: echoed back as `echo:<text>`.
 //!
 //! Config: `fail_init = true` makes `init` fail (a version that must be rejected on load).
@@ -25,7 +33,10 @@
 //! (`fault_notes.v2`). Config `extra_migration = "<sql>"` adds one more migration with that SQL
 //! (hostile or broken schema changes, which the daemon must refuse).
 
-use gatewayd_plugin::{ConnectionId, Migration, Protocol, auth, conn, session, store, tokens};
+use gatewayd_plugin::{
+    ConnectionId, MediaEvent, Migration, Protocol, SpeechEvent, auth, conn, media, session, store, tokens,
+};
+use serde_json::json;
 
 struct FaultTest;
 
@@ -96,10 +107,67 @@ impl Protocol for FaultTest {
                 conn::send_text(id, &reply);
             }
             other => {
-                conn::send_text(id, &hostile(other).unwrap_or_else(|| format!("echo:{other}")));
+                let reply = hostile(other).or_else(|| call(id, other)).unwrap_or_else(|| format!("echo:{other}"));
+                conn::send_text(id, &reply);
             }
         }
     }
+
+    fn on_media(id: ConnectionId, event: MediaEvent) {
+        let text = match event {
+            MediaEvent::Mark(name) => format!("mark:{name}"),
+            MediaEvent::PlayFinished => "play-finished".into(),
+            MediaEvent::FrameRejected(why) => format!("frame-rejected:{why}"),
+        };
+        conn::send_text(id, &text);
+    }
+
+    fn on_speech(id: ConnectionId, event: SpeechEvent) {
+        let message = match event {
+            SpeechEvent::SpeechStarted => json!({"event": "speech_started"}),
+            SpeechEvent::Transcript(t) => json!({
+                "event": "transcript", "text": t.text, "is_final": t.is_final,
+                "speech_final": t.speech_final, "confidence": t.confidence,
+            }),
+            SpeechEvent::UtteranceEnd => json!({"event": "utterance_end"}),
+            SpeechEvent::SttError(f) => json!({"event": "stt_error", "code": f.code, "message": f.message}),
+            SpeechEvent::Stopped => json!({"event": "stopped"}),
+            SpeechEvent::TtsError(f) => json!({"event": "tts_error", "code": f.code, "message": f.message}),
+        };
+        conn::send_text(id, &format!("speech:{message}"));
+    }
+}
+
+/// The reply to a call command (media routes), or `None` when `text` is not one.
+fn call(id: ConnectionId, text: &str) -> Option<String> {
+    let (command, arg) = text.split_once(':').unwrap_or((text, ""));
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let say = |provider: Option<String>, rest: &str| {
+        let (mark, text) = rest.split_once(':').unwrap_or(("", rest));
+        media::say(id, text, &media::SayOptions { provider, voice: None, mark: opt(mark) })
+    };
+    let result = match command {
+        "answer" => media::answer(id).map(|()| "answered".to_string()),
+        "transcribe" => {
+            let options = media::TranscribeOptions {
+                provider: opt(arg),
+                language: None,
+                interim_results: true,
+                keyterms: vec![],
+            };
+            media::transcribe(id, &options).map(|()| "transcribing".to_string())
+        }
+        "stop-transcribing" => media::stop_transcribing(id).map(|stopped| format!("stop:{stopped}")),
+        "say" => say(None, arg).map(|()| "saying".to_string()),
+        "say-with" => {
+            let (provider, rest) = arg.split_once(':').unwrap_or((arg, ""));
+            say(opt(provider), rest).map(|()| "saying".to_string())
+        }
+        "clear" => media::clear(id).map(|()| "cleared".to_string()),
+        "hangup" => media::hangup(id).map(|()| "hung-up".to_string()),
+        _ => return None,
+    };
+    Some(result.unwrap_or_else(|e| format!("media-error:{e}")))
 }
 
 /// The reply to a hostile-plugin command, or `None` when `text` is not one.

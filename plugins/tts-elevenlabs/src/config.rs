@@ -11,6 +11,9 @@ pub struct Config {
     pub base_url: String,
     /// `model_id` when the session does not name one (`eleven_flash_v2_5`, the low-latency one).
     pub model_id: String,
+    /// The voice id used when a call does not name one (`say` without a voice); none: such a
+    /// `say` is refused (`bad_request`).
+    pub default_voice: Option<String>,
     /// Name of the secret holding the API key, sent as `xi-api-key`.
     pub secret: String,
     /// `voice_settings` of every request (absent: the voice's stored settings).
@@ -55,6 +58,7 @@ impl Default for Config {
         Config {
             base_url: "https://api.elevenlabs.io".into(),
             model_id: "eleven_flash_v2_5".into(),
+            default_voice: None,
             secret: "api_key".into(),
             voice_settings: None,
             apply_text_normalization: None,

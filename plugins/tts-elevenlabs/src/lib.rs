@@ -74,8 +74,9 @@ impl ElevenLabs {
     pub fn request(&self, text: &str) -> Result<RequestPlan, SpeechError> {
         let config = self.config()?;
         let o = &self.options;
-        if o.voice.is_empty() || o.voice.len() > MAX_VOICE_BYTES {
-            return Err(bad_request(format!("voice id must be 1 to {MAX_VOICE_BYTES} bytes")));
+        let voice = if o.voice.is_empty() { config.default_voice.as_deref().unwrap_or_default() } else { &o.voice };
+        if voice.is_empty() || voice.len() > MAX_VOICE_BYTES {
+            return Err(bad_request(format!("voice id must be 1 to {MAX_VOICE_BYTES} bytes (or set default_voice)")));
         }
         if text.trim().is_empty() {
             return Err(bad_request("nothing to say: the text is empty"));
@@ -98,7 +99,7 @@ impl ElevenLabs {
             query.push(("enable_logging", logging.to_string()));
         }
         query.extend(o.extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        let url = build_url(&config.base_url, &["v1", "text-to-speech", &o.voice, "stream"], &query)?;
+        let url = build_url(&config.base_url, &["v1", "text-to-speech", voice, "stream"], &query)?;
 
         let mut body = json!({
             "text": text,

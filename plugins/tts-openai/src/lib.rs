@@ -38,6 +38,8 @@ pub struct Config {
     pub base_url: String,
     /// `model` when the session does not name one.
     pub model: String,
+    /// The voice used when a call does not name one (`say` without a voice).
+    pub default_voice: String,
     /// Name of the secret holding the API key, sent as `Authorization: Bearer`.
     pub secret: String,
     /// `instructions` of every request (tone, accent, pace), at most 4096 characters.
@@ -52,6 +54,7 @@ impl Default for Config {
         Config {
             base_url: "https://api.openai.com".into(),
             model: "gpt-4o-mini-tts".into(),
+            default_voice: "alloy".into(),
             secret: "api_key".into(),
             instructions: None,
             secret_env: None,
@@ -101,7 +104,8 @@ impl OpenAi {
     pub fn request(&self, text: &str) -> Result<RequestPlan, SpeechError> {
         let config = self.config()?;
         let o = &self.options;
-        if o.voice.is_empty() || o.voice.len() > MAX_VOICE_BYTES {
+        let voice = if o.voice.is_empty() { &config.default_voice } else { &o.voice };
+        if voice.is_empty() || voice.len() > MAX_VOICE_BYTES {
             return Err(bad_request(format!("voice must be 1 to {MAX_VOICE_BYTES} bytes")));
         }
         if text.trim().is_empty() {
@@ -112,7 +116,7 @@ impl OpenAi {
             return Err(bad_request(format!("text of {chars} characters is over OpenAI's {MAX_INPUT_CHARS}")));
         }
         let model = o.model.clone().unwrap_or_else(|| config.model.clone());
-        let mut body = json!({"model": model, "input": text, "voice": o.voice, "response_format": "pcm"});
+        let mut body = json!({"model": model, "input": text, "voice": voice, "response_format": "pcm"});
         if let Some(instructions) = &config.instructions
             && !model.starts_with("tts-1")
         {

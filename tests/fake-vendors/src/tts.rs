@@ -65,11 +65,14 @@ pub struct TtsScript {
     pub fail_first: usize,
     /// Break the connection after this many chunks of each response (none: send it whole).
     pub break_after_chunks: Option<usize>,
+    /// Time between two chunks ([`CADENCE`], real time; zero: the whole body at once, as a
+    /// vendor faster than real time).
+    pub cadence: Duration,
 }
 
 impl Default for TtsScript {
     fn default() -> Self {
-        TtsScript { key: TEST_KEY.into(), chunks: 10, fail_first: 0, break_after_chunks: None }
+        TtsScript { key: TEST_KEY.into(), chunks: 10, fail_first: 0, break_after_chunks: None, cadence: CADENCE }
     }
 }
 
@@ -255,9 +258,10 @@ async fn handle(
     let stream = futures_util::stream::unfold((0usize, guard), move |(i, mut guard)| {
         let payload = payload.clone();
         let break_after = script.break_after_chunks;
+        let cadence = script.cadence;
         async move {
-            if i > 0 {
-                tokio::time::sleep(CADENCE).await;
+            if i > 0 && !cadence.is_zero() {
+                tokio::time::sleep(cadence).await;
             }
             if break_after == Some(i) {
                 guard.broken = true;

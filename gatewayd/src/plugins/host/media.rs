@@ -1,5 +1,6 @@
 //! `gatewayd:plugin/media`: a plugin's calls on its media routes, checked against the calling
-//! plugin and handed to the media engine (`crate::media`).
+//! plugin and handed to the media engine (`crate::media`); speech on calls (`transcribe`,
+//! `say`) to `crate::speech::calls`.
 
 use super::super::bindings::gatewayd::plugin::media;
 use super::HostState;
@@ -19,6 +20,9 @@ impl media::Host for HostState {
     }
 
     fn clear(&mut self, id: ConnId) -> Result<(), String> {
+        // Queued utterances go first (so none starts in their place), then the call's audio,
+        // which ends the utterance playing and, with it, its vendor request.
+        self.services.speech.clear(id);
         self.services.media.clear(id, &self.name)
     }
 
@@ -40,5 +44,28 @@ impl media::Host for HostState {
 
     fn hangup(&mut self, id: ConnId) -> Result<(), String> {
         self.services.media.hangup(id, &self.name)
+    }
+
+    fn transcribe(&mut self, id: ConnId, options: media::TranscribeOptions) -> Result<(), String> {
+        if !self.plugin.upgrade().is_some_and(|p| p.hears_speech()) {
+            return Err("transcribe needs the speech-handler export (rebuild the plugin with a current SDK)".into());
+        }
+        let options = crate::speech::calls::TranscribeOptions {
+            provider: options.provider,
+            language: options.language,
+            interim_results: options.interim_results,
+            keyterms: options.keyterms,
+        };
+        self.services.speech.transcribe(id, &self.name, options)
+    }
+
+    fn stop_transcribing(&mut self, id: ConnId) -> Result<bool, String> {
+        self.services.speech.stop_transcribing(id, &self.name)
+    }
+
+    fn say(&mut self, id: ConnId, text: String, options: media::SayOptions) -> Result<(), String> {
+        let options =
+            crate::speech::calls::SayOptions { provider: options.provider, voice: options.voice, mark: options.mark };
+        self.services.speech.say(id, &self.name, text, options)
     }
 }
