@@ -15,7 +15,7 @@ FUZZ_SECONDS ?= 300
 FUZZ_TARGET_DIR ?= /var/cache/gatewayd-fuzz
 FUZZ_SANITIZER ?= address
 
-.PHONY: run test plugins build setup test-setup bench bench-ivr check lint fuzz
+.PHONY: run test plugins build setup test-setup bench bench-ivr bench-speech check lint fuzz
 
 # What building needs on a fresh machine: the Wasm target and libopus (Opus codec).
 setup:
@@ -90,3 +90,7 @@ bench: build
 # IVR media benchmark: concurrent echo calls (docs/benchmarks.md).
 bench-ivr: build
 	./loadtool/scripts/ivr.sh
+
+# Speech benchmark: concurrent transcribed calls with a spoken reply, fake vendors (docs/benchmarks.md).
+bench-speech: build
+	./loadtool/scripts/speech.sh

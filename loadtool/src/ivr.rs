@@ -235,7 +235,7 @@ async fn step(a: &IvrArgs, n: usize, log_offset: &mut u64) -> anyhow::Result<boo
 /// Sender phases per 20 ms frame (one sender task each).
 const PHASES: usize = 20;
 
-type Ws = WebSocket<tokio::net::TcpStream>;
+pub(crate) type Ws = WebSocket<tokio::net::TcpStream>;
 type WsWrite = WebSocketWrite<tokio::net::tcp::OwnedWriteHalf>;
 type WsRead = WebSocketRead<tokio::net::tcp::OwnedReadHalf>;
 
@@ -249,12 +249,18 @@ async fn answered_call(url: &str) -> anyhow::Result<Ws> {
     if answer["event"] != "answer" {
         bail!("expected answer, got {answer}");
     }
+    detach(c)
+}
+
+/// Take a client's WebSocket off hyper's upgrade wrapper onto its TCP stream, so it splits
+/// into lock-free halves. Err: bytes were read past the last message, or not TCP.
+pub(crate) fn detach(c: gatewayd_e2e::Client) -> anyhow::Result<Ws> {
     let upgraded = c.into_websocket().into_inner().into_inner();
     let parts = upgraded
         .downcast::<TokioIo<tokio::net::TcpStream>>()
         .map_err(|_| anyhow!("the upgraded connection is not a TCP stream"))?;
     if !parts.read_buf.is_empty() {
-        bail!("unexpected bytes after answer");
+        bail!("unexpected bytes after the last message");
     }
     Ok(WebSocket::after_handshake(parts.io.into_inner(), Role::Client))
 }

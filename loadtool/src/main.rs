@@ -10,6 +10,8 @@
 //! - `chat`: chat fan-out with persistence over many visitor/agent sessions.
 //! - `rooms`: ICE-candidate relays through many rooms, reporting the rate and latency percentiles.
 //! - `ivr`: N concurrent IVR calls in echo mode: frame delay, late frames, CPU and memory per call.
+//! - `speech`: N concurrent calls transcribed by a fake Deepgram and spoken to by a fake
+//!   ElevenLabs: frame -> vendor and vendor -> caller latency, CPU and memory per call.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
@@ -20,6 +22,7 @@ mod reload;
 mod report;
 mod rooms;
 mod signaling;
+mod speech;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +64,9 @@ enum Command {
     /// IVR media load: N concurrent echo calls; the largest N with frame delay p99 <= 20 ms
     /// and no late frames.
     Ivr(ivr::IvrArgs),
+    /// Speech load: N concurrent calls with live transcription and a spoken reply, against
+    /// fake vendors started in this process.
+    Speech(speech::SpeechArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Command::Chat(a) => chat::run(a).await,
             Command::Rooms(a) => rooms::run(a).await,
             Command::Ivr(a) => ivr::run(a).await,
+            Command::Speech(a) => speech::run(a).await,
         }
     })
 }

@@ -42,6 +42,14 @@ plugin = "fault-test"
 auth = "none"
 media = {{ codec = "pcmu", rate = 8000 }}
 
+[[routes]]
+listener = "main"
+path = "/ws/call-l16/"
+kind = "websocket"
+plugin = "fault-test"
+auth = "none"
+media = {{ codec = "l16", rate = 8000 }}
+
 [network]
 extra_ca_file = "{ca}"
 
@@ -116,7 +124,11 @@ struct Call {
 
 impl Call {
     async fn answer(d: &Daemon) -> Call {
-        let client = Client::connect(&d.ws_url("/ws/call/")).await.expect("connect");
+        Call::answer_on(d, "/ws/call/").await
+    }
+
+    async fn answer_on(d: &Daemon, path: &str) -> Call {
+        let client = Client::connect(&d.ws_url(path)).await.expect("connect");
         let mut call = Call { client, heard: Vec::new(), speech: Default::default() };
         call.command("answer", "answered").await;
         call
@@ -482,4 +494,45 @@ async fn a_provider_swapped_by_hot_reload_leaves_a_running_stream_alone() {
     call.command("transcribe", "transcribing").await;
     dg.wait_until("a second connection", |r| r.accepted == 2).await;
     assert!(dg.recorded().targets[1].contains("model=nova-3"), "{}", dg.recorded().targets[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l16_call_reaches_the_stt_vendor_as_mu_law() {
+    let (dg, eleven, openai) = fakes(DeepgramScript::default(), TtsScript::default()).await;
+    let d = daemon(&dg, &eleven, &openai, "").await;
+    let mut call = Call::answer_on(&d, "/ws/call-l16/").await;
+    call.command("transcribe", "transcribing").await;
+    // 1 s of a 440 Hz tone as 16-bit little-endian PCM at 8000 Hz, then 0.5 s of silence.
+    let samples: Vec<i16> =
+        (0..12_000).map(|i| if i < 8000 { ((i as f64 * 0.3456).sin() * 8000.0) as i16 } else { 0 }).collect();
+    let mut next = tokio::time::Instant::now();
+    for frame in samples.chunks(160) {
+        let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+        call.client.send_binary(&bytes).await.unwrap();
+        next += Duration::from_millis(20);
+        tokio::time::sleep_until(next).await;
+    }
+    call.command("stop-transcribing", "stop:true").await;
+    let events = call.speech_until("stopped").await;
+    let record = dg.wait_until("CloseStream", |r| r.texts.iter().any(|t| t.contains("CloseStream"))).await;
+    // The declared transcoding: each sample encoded to G.711 mu-law, 8000 Hz (no resampling).
+    let expected: Vec<u8> = samples.iter().map(|&s| g711_ulaw(s)).collect();
+    assert_eq!(record.audio.len(), expected.len(), "every caller sample reached the vendor");
+    assert!(record.audio == expected, "the vendor received the caller's audio as mu-law");
+    assert!(record.targets[0].contains("encoding=mulaw"), "{}", record.targets[0]);
+    assert_eq!(finals(&events), ["utterance 1"], "{events:?}");
+}
+
+/// G.711 mu-law encoding of a 16-bit sample (ITU-T G.711, the classic Sun reference
+/// algorithm: bias 0x84, clip 32635), written here apart from the daemon's codec.
+fn g711_ulaw(sample: i16) -> u8 {
+    let mut x = sample as i32;
+    let sign = if x < 0 { 0x80 } else { 0 };
+    if x < 0 {
+        x = -x;
+    }
+    x = x.min(32635) + 0x84;
+    let exponent = (0..8).rev().find(|e| x & (0x4000 >> (7 - e)) != 0).unwrap_or(0);
+    let mantissa = (x >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
 }

@@ -1,8 +1,10 @@
 //! Speech on calls (issue #11 item 3): what `media.transcribe`, `media.stop-transcribing` and
 //! `media.say` (plugin-api/wit/gatewayd.wit) do for a protocol plugin's call.
 //!
-//! - Transcription: the call's caller audio ([`MediaEngine::tap_mulaw`], G.711 mu-law 8000 Hz)
-//!   is pumped into an [`SttStream`] by a task on the media runtime, beside the call's clock;
+//! - Transcription: the call's caller audio, as G.711 mu-law at 8000 Hz (a `pcmu` route's
+//!   frames untouched, [`MediaEngine::tap_mulaw`]; any other route's decoded audio at 8000 Hz,
+//!   [`MediaEngine::tap`], encoded to mu-law: a phone line's quality), is pumped into an
+//!   [`SttStream`] by a task on the media runtime, beside the call's clock;
 //!   the pump only moves frames between bounded queues (`try_send`: a full queue drops and
 //!   counts, the call never waits). The stream's events become [`CallSpeechEvent`]s, delivered
 //!   to the plugin in order as media events (`speech-handler.on-speech`).
@@ -188,7 +190,10 @@ impl Calls {
         }
         let provider = self.providers.choose(ProviderKind::Stt, options.provider.as_deref(), &entry.route)?;
         let events_to_plugin = self.media.event_sender(id, plugin)?;
-        let tap = self.media.tap_mulaw(id)?;
+        let tap = match self.media.format(id) {
+            Some(f) if f.codec == crate::media::format::CodecName::Pcmu => CallerAudio::Wire(self.media.tap_mulaw(id)?),
+            _ => CallerAudio::Pcm(Box::new(self.media.tap(id, 8000)?)),
+        };
         let (input_tx, input_rx) = mpsc::channel(STT_INPUT_FRAMES);
         let (events_tx, events_rx) = mpsc::channel(STT_EVENT_QUEUE);
         let stt_options = SttOptions {
@@ -331,7 +336,7 @@ fn check_keyterms(keyterms: &[String]) -> Result<(), String> {
 struct Pump {
     provider: String,
     stream: SttStream,
-    tap: Option<mpsc::Receiver<Bytes>>,
+    tap: Option<CallerAudio>,
     input: mpsc::Sender<SttInput>,
     events: mpsc::Receiver<SttStreamEvent>,
     to_plugin: mpsc::UnboundedSender<MediaEvent>,
@@ -403,7 +408,28 @@ impl Pump {
     }
 }
 
-async fn recv(tap: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+/// A call's caller audio for a recogniser.
+enum CallerAudio {
+    /// A `pcmu` route's frames as received.
+    Wire(mpsc::Receiver<Bytes>),
+    /// Any other route's decoded audio at 8000 Hz, to be encoded to mu-law.
+    Pcm(Box<crate::media::tap::PcmTap>),
+}
+
+impl CallerAudio {
+    /// The next 20 ms frame as G.711 mu-law at 8000 Hz; `None` once the call has ended.
+    async fn recv(&mut self) -> Option<Bytes> {
+        match self {
+            CallerAudio::Wire(rx) => rx.recv().await,
+            CallerAudio::Pcm(tap) => {
+                let samples = tap.recv().await?;
+                Some(samples.iter().map(|&s| crate::media::codec::linear_to_ulaw(s)).collect::<Vec<u8>>().into())
+            }
+        }
+    }
+}
+
+async fn recv(tap: &mut Option<CallerAudio>) -> Option<Bytes> {
     match tap {
         Some(t) => t.recv().await,
         None => std::future::pending().await,

@@ -40,6 +40,21 @@ pub struct DeepgramScript {
     pub drop_after_bytes: Option<usize>,
     /// Accept then close at once this many connections first.
     pub quick_closes: usize,
+    /// Called with every binary (audio) message as it is read (the benchmark's clock).
+    pub on_audio: Option<AudioHook>,
+}
+
+/// What [`AudioHook`] calls.
+pub type AudioFn = dyn Fn(&[u8]) + Send + Sync;
+
+/// A function the fake calls with each audio message it reads.
+#[derive(Clone)]
+pub struct AudioHook(pub Arc<AudioFn>);
+
+impl std::fmt::Debug for AudioHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AudioHook")
+    }
 }
 
 impl Default for DeepgramScript {
@@ -51,6 +66,7 @@ impl Default for DeepgramScript {
             idle_close_ms: 10_000,
             drop_after_bytes: None,
             quick_closes: 0,
+            on_audio: None,
         }
     }
 }
@@ -272,6 +288,9 @@ impl Connection {
 
     /// Record audio and recognise it. `false`: the connection is over.
     async fn audio(&mut self, data: &[u8]) -> bool {
+        if let Some(hook) = &self.script.on_audio {
+            (hook.0)(data);
+        }
         self.received += data.len();
         let received = self.received;
         self.state.record.update(|r| {

@@ -87,6 +87,9 @@ pub struct TtsRequestSeen {
     pub headers: Vec<(String, String)>,
     /// The body (JSON).
     pub body: String,
+    /// When the request was read whole; an accepted one's first chunk is sent at once after
+    /// (the benchmark's "vendor first byte").
+    pub at: std::time::Instant,
 }
 
 /// What the fake received and did.
@@ -203,6 +206,7 @@ async fn handle(
             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        at: std::time::Instant::now(),
     };
     state.record.update(|r| {
         if r.requests.len() < MAX_RECORDED_ITEMS {
