@@ -7,8 +7,9 @@
 //!
 //! Each call streams one 160-byte mu-law frame per 20 ms (8000 Hz, a phone's cadence, phases
 //! spread over the 20 ms) carrying its call number and send time; the Deepgram provider is
-//! configured with `chunk_ms = 20`, so each frame is one vendor message. Two seconds in, each
-//! call says one sentence; the fake answers with 1 s of mu-law in 50 ms chunks.
+//! configured with `chunk_ms = 20`, so each frame is one vendor message. Between 2 and 4 s in,
+//! each call says one sentence; the fake answers with 1 s of mu-law in 50 ms chunks (real
+//! time), each request on a new TLS connection, as the provider makes them.
 //!
 //! Figures, per step of N calls:
 //! - `stt_frame_to_vendor`: caller frame sent -> the fake vendor read it (load tool, daemon,
@@ -35,8 +36,12 @@ const FRAME_BYTES: usize = 160;
 const FRAME: Duration = Duration::from_millis(20);
 /// Sender phases per 20 ms frame (one sender task each).
 const PHASES: usize = 20;
-/// The frame at which each call says its sentence (2 s in).
+/// The frame at which the first call says its sentence (2 s in); call `i` says it
+/// `i % SAY_SPREAD` frames later, so the sentences start spread over 2 s, as in calls that
+/// did not all begin at the same instant.
 const SAY_AT: usize = 100;
+/// Frames over which the calls' sentences start.
+const SAY_SPREAD: usize = 100;
 /// 50 ms chunks of the fake's answer (1 s).
 const TTS_CHUNKS: usize = 20;
 
@@ -52,10 +57,17 @@ pub struct SpeechArgs {
     /// Call counts to try, in order.
     #[arg(long, value_delimiter = ',', default_value = "100,250,500")]
     steps: Vec<usize>,
-    /// Seconds of audio per call (at least 4: the sentence is said 2 s in and lasts 1 s).
+    /// Seconds of audio per call (at least [`MIN_SECONDS`]).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The Deepgram provider's `chunk_ms`: call audio per vendor message (20 = every frame
+    /// sent at once; more batches frames, and their wait for the batch counts as latency).
+    #[arg(long, default_value_t = 20)]
+    chunk_ms: u32,
 }
+
+/// Seconds `--seconds` must be at least: the last sentence starts 4 s in and lasts 1 s.
+const MIN_SECONDS: u64 = 6;
 
 /// The clock the frames' send times are counted from.
 fn epoch() -> Instant {
@@ -76,6 +88,7 @@ impl VendorSide {
         AudioHook(Arc::new(move |data: &[u8]| {
             let now = Instant::now();
             let mut lat = this.latencies.lock().expect("latencies");
+            // A message of several frames (`--chunk-ms` over 20): each frame's own latency.
             for frame in data.chunks_exact(FRAME_BYTES) {
                 let nanos = u64::from_le_bytes(frame[4..12].try_into().expect("8 bytes"));
                 lat.record(now.saturating_duration_since(epoch() + Duration::from_nanos(nanos)));
@@ -146,7 +159,7 @@ secret_env = {{ api_key = "BENCH_DEEPGRAM_KEY" }}
 max_streams = 10000
 [plugins.deepgram.config]
 base_url = "{dg_url}"
-chunk_ms = 20
+chunk_ms = {chunk_ms}
 [plugins.elevenlabs]
 file = "{tts_file}"
 [plugins.elevenlabs.capabilities]
@@ -166,6 +179,7 @@ default_voice = "bench-voice"
         tts_file = plugin("tts-elevenlabs"),
         tts_addr = tts.addr,
         tts_url = tts.base_url(),
+        chunk_ms = a.chunk_ms,
     );
     let config_path = dir.path().join("gatewayd.toml");
     std::fs::write(&config_path, config)?;
@@ -190,8 +204,8 @@ default_voice = "bench-voice"
 }
 
 pub async fn run(a: SpeechArgs) -> anyhow::Result<()> {
-    if a.seconds < 4 {
-        bail!("--seconds must be at least 4");
+    if a.seconds < MIN_SECONDS {
+        bail!("--seconds must be at least {MIN_SECONDS}");
     }
     epoch();
     let vendor = Arc::new(VendorSide::default());
@@ -248,7 +262,7 @@ async fn step(
     let _ = vendor.take();
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
     let frames = (a.seconds * 50) as usize;
-    let cpu = CpuMeter::start(pid)?;
+    let (cpu, tool_cpu) = (CpuMeter::start(pid)?, CpuMeter::start(std::process::id())?);
     let mut readers = Vec::with_capacity(n);
     let mut groups: Vec<Vec<(u32, WsWrite)>> = (0..PHASES).map(|_| Vec::new()).collect();
     let until = start + FRAME * frames as u32 + Duration::from_secs(2);
@@ -268,7 +282,7 @@ async fn step(
     for t in senders {
         writers.extend(t.await??);
     }
-    let cpu = cpu.percent()?;
+    let (cpu, tool_cpu) = (cpu.percent()?, tool_cpu.percent()?);
     let mut heard = Vec::with_capacity(n);
     for t in readers {
         heard.push(t.await?);
@@ -319,13 +333,14 @@ async fn step(
     println!("daemon_dropped_speech_events_total: {}", series("gatewayd_speech_dropped_events_total"));
     println!("daemon_speech_errors_total: {}", series("gatewayd_speech_errors_total"));
     println!("daemon_cpu: {cpu:.1} % of one core ({:.3} % per call)", cpu / n as f64);
+    println!("loadtool_and_fakes_cpu: {tool_cpu:.1} % of one core");
     println!("daemon_rss: {rss} KiB ({:.1} KiB per call)", rss.saturating_sub(rss_before) as f64 / n as f64);
     Ok(())
 }
 
 /// Send one frame per 20 ms from `first` on to every call of one phase group, `frames` each,
 /// on a deadline schedule; each frame carries the call number and its send time. At frame
-/// [`SAY_AT`] each call says its sentence first.
+/// [`SAY_AT`] + its spread each call says its sentence first.
 async fn send(
     mut group: Vec<(u32, WsWrite)>,
     first: tokio::time::Instant,
@@ -335,7 +350,7 @@ async fn send(
     for seq in 0..frames {
         tokio::time::sleep_until(first + FRAME * seq as u32).await;
         for (call, wr) in &mut group {
-            if seq == SAY_AT {
+            if seq == SAY_AT + *call as usize % SAY_SPREAD {
                 let say = format!("say:m:call {call}");
                 wr.write_frame(Frame::text(Payload::Owned(say.into_bytes()))).await?;
             }

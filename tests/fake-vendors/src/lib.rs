@@ -116,6 +116,9 @@ where
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else { return };
+            // A streaming vendor writes small pieces (a result, a 50 ms chunk): without this,
+            // Nagle's algorithm holds each behind the peer's delayed ACK (up to 40 ms).
+            let _ = tcp.set_nodelay(true);
             let (acceptor, service) = (acceptor.clone(), service.clone());
             tokio::spawn(async move {
                 let Ok(Ok(tls)) = tokio::time::timeout(WAIT_LIMIT, acceptor.accept(tcp)).await else { return };
