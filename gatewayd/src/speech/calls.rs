@@ -4,9 +4,10 @@
 //! - Transcription: the call's caller audio, as G.711 mu-law at 8000 Hz (a `pcmu` route's
 //!   frames untouched, [`MediaEngine::tap_mulaw`]; any other route's decoded audio at 8000 Hz,
 //!   [`MediaEngine::tap`], encoded to mu-law: a phone line's quality), is pumped into an
-//!   [`SttStream`] by a task on the media runtime, beside the call's clock;
-//!   the pump only moves frames between bounded queues (`try_send`: a full queue drops and
-//!   counts, the call never waits). The stream's events become [`CallSpeechEvent`]s, delivered
+//!   [`SttStream`] by a task on the main runtime (on the media runtime it queued behind the
+//!   calls' sockets on the media thread: docs/benchmarks.md, Speech); the pump only moves
+//!   frames between bounded queues (`try_send`: a full queue drops and counts, the call never
+//!   waits). The stream's events become [`CallSpeechEvent`]s, delivered
 //!   to the plugin in order as media events (`speech-handler.on-speech`).
 //! - Speech: `say` queues an utterance (at most [`MAX_QUEUED_SAYS`]); one task per call speaks
 //!   them in order, each a [`TtsRequest`] whose audio streams into the call
@@ -221,7 +222,7 @@ impl Calls {
             dropped_audio: 0,
         };
         let done = Done { calls: self.calls.clone(), id, generation };
-        self.media.runtime().spawn(async move {
+        tokio::spawn(async move {
             pump.run(stop_rx).await;
             done.done();
         });
