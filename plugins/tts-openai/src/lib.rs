@@ -259,7 +259,11 @@ mod tests {
             let s = OpenAi::with_config(Ok(Config::default()), TtsOptions { speed: Some(speed), ..options("alloy") });
             assert_eq!(s.request("hi").unwrap_err().kind, ErrorKind::BadRequest, "speed {speed}");
         }
+        // No voice: the configured default; none configured either: refused.
         let s = OpenAi::with_config(Ok(Config::default()), options(""));
+        assert!(String::from_utf8(s.request("hi").unwrap().body).unwrap().contains("\"voice\":\"alloy\""));
+        let no_default = Config { default_voice: String::new(), ..Config::default() };
+        let s = OpenAi::with_config(Ok(no_default), options(""));
         assert_eq!(s.request("hi").unwrap_err().kind, ErrorKind::BadRequest);
         let mut broken = OpenAi::with_config(Err("bad".into()), options("alloy"));
         assert_eq!(broken.plan().unwrap_err().kind, ErrorKind::Config);
