@@ -222,10 +222,7 @@ impl Calls {
             dropped_audio: 0,
         };
         let done = Done { calls: self.calls.clone(), id, generation };
-        tokio::spawn(async move {
-            pump.run(stop_rx).await;
-            done.done();
-        });
+        tokio::spawn(pump.run(stop_rx, done));
         Ok(())
     }
 
@@ -346,7 +343,10 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    /// Run until the stream ends; `done` forgets the transcription before its last event
+    /// (`stopped`, `stt-error`) is delivered, so the plugin may start another at once.
+    async fn run(mut self, mut stop: oneshot::Receiver<()>, done: Done) {
+        let mut done = Some(done);
         let _open = self.metrics.opened(&self.provider, "stt");
         let started = std::time::Instant::now();
         let mut stopping = false;
@@ -369,11 +369,17 @@ impl Pump {
                         self.metrics.error(&self.provider, error.code);
                     }
                     Some(SttStreamEvent::Ended) | None => {
+                        if let Some(d) = done.take() {
+                            d.done();
+                        }
                         self.deliver(CallSpeechEvent::Stopped);
                         break;
                     }
                     Some(SttStreamEvent::Failed(failure)) => {
                         self.metrics.error(&self.provider, failure.code);
+                        if let Some(d) = done.take() {
+                            d.done();
+                        }
                         self.deliver(CallSpeechEvent::SttError(failure));
                         break;
                     }
