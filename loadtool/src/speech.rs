@@ -64,6 +64,9 @@ pub struct SpeechArgs {
     /// sent at once; more batches frames, and their wait for the batch counts as latency).
     #[arg(long, default_value_t = 20)]
     chunk_ms: u32,
+    /// TOML appended to the daemon's config (sections it does not set, e.g. `[media]`).
+    #[arg(long, default_value = "")]
+    extra_toml: String,
 }
 
 /// Seconds `--seconds` must be at least: the last sentence starts 4 s in and lasts 1 s.
@@ -169,6 +172,7 @@ max_streams = 10000
 [plugins.elevenlabs.config]
 base_url = "{tts_url}"
 default_voice = "bench-voice"
+{extra}
 "#,
         state = dir.path().join("state").display(),
         ca = ca.display(),
@@ -180,6 +184,7 @@ default_voice = "bench-voice"
         tts_addr = tts.addr,
         tts_url = tts.base_url(),
         chunk_ms = a.chunk_ms,
+        extra = a.extra_toml,
     );
     let config_path = dir.path().join("gatewayd.toml");
     std::fs::write(&config_path, config)?;

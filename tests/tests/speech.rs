@@ -318,6 +318,14 @@ async fn tts_audio_is_paced_at_50_frames_a_second_and_its_mark_follows() {
     assert!(request.body.contains("Hello, how can I help?"), "{}", request.body);
     assert_eq!(record.completed, 1);
 
+    // The next sentence reuses the kept-alive connection: no new TCP and TLS handshake.
+    call.command("say:again:And another thing.", "saying").await;
+    assert_eq!(call.text().await, "mark:again");
+    let record = eleven.recorded();
+    assert_eq!(record.requests.len(), 2);
+    assert_eq!(record.requests[1].peer, record.requests[0].peer, "the second request came on the first's connection");
+    assert_eq!(record.completed, 2);
+
     // The same through OpenAI (PCM 24000 Hz, resampled to the call's 8000 Hz): audio arrives
     // and the mark follows.
     let before = call.heard.len();
@@ -326,7 +334,7 @@ async fn tts_audio_is_paced_at_50_frames_a_second_and_its_mark_follows() {
     let loud = call.heard[before..].iter().filter(|(_, f)| f.iter().any(|&b| b != SILENCE && b != 0x7F)).count();
     assert!(loud >= 45, "about 1 s of OpenAI audio reached the caller, got {loud} frames");
     assert!(openai.recorded().requests[0].body.contains("\"voice\":\"alloy\""), "the default voice");
-    assert_eq!(metric(&d, "gatewayd_speech_streams_total{provider=\"elevenlabs\",kind=\"tts\"}").await, 1.0);
+    assert_eq!(metric(&d, "gatewayd_speech_streams_total{provider=\"elevenlabs\",kind=\"tts\"}").await, 2.0);
     assert_no_key_logged(&d);
 }
 
@@ -363,9 +371,12 @@ async fn clear_stops_tts_within_a_frame_and_cancels_the_vendor_request() {
     assert!(loud_after.len() <= 1, "audio went on after clear: {} loud frames", loud_after.len());
     eleven.wait_until("the request cancelled at the vendor", |r| r.cancelled == 1).await;
     assert_eq!(eleven.recorded().requests.len(), 1, "the queued utterance was dropped too");
-    // The call goes on: a new utterance plays and is marked.
+    // The call goes on: a new utterance plays and is marked, on a new connection (the
+    // cancelled request's was closed, never reused).
     call.command("say:after:back again", "saying").await;
     assert_eq!(call.text().await, "mark:after");
+    let record = eleven.recorded();
+    assert_ne!(record.requests[1].peer, record.requests[0].peer, "a cancelled request's connection is not reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

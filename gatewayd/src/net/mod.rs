@@ -27,7 +27,7 @@ mod tests;
 
 pub use allow::{Allowlist, Endpoint, Resolve, SystemResolver, is_public};
 pub use error::{OutboundError, Phase};
-pub use http::{HttpBody, HttpPlan, HttpResponse, MAX_REQUEST_BODY_BYTES};
+pub use http::{HttpBody, HttpPlan, HttpResponse, MAX_IDLE_PER_HOST, MAX_REQUEST_BODY_BYTES, POOL_IDLE_TIMEOUT};
 pub use secrets::{Header, HeaderValueSpec, Secret, Secrets};
 pub use ws::{MAX_WS_MESSAGE_BYTES, WsConnection, WsMessage, WsPlan};
 
@@ -69,6 +69,7 @@ pub struct Outbound {
     tls: Arc<ClientConfig>,
     resolver: Arc<dyn Resolve>,
     streams: Arc<Semaphore>,
+    pool: Arc<http::Pool>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -103,6 +104,7 @@ impl Outbound {
             tls,
             resolver: Arc::new(SystemResolver),
             streams: Arc::new(Semaphore::new(caps.max_streams)),
+            pool: Arc::default(),
         })
     }
 
@@ -122,6 +124,11 @@ impl Outbound {
         self.max_streams - self.streams.available_permits()
     }
 
+    /// Idle HTTP connections kept alive for reuse ([`http::POOL_IDLE_TIMEOUT`]).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
+    }
+
     /// Open a WebSocket as `plan` says; see [`WsPlan`] and [`WsConnection`].
     ///
     /// Errors: `BadHeader`/`UnknownSecret`/`BadPlan` (nothing attempted), `NotAllowed` (no
@@ -136,7 +143,9 @@ impl Outbound {
     /// Send an HTTP request as `plan` says and return once the response head arrives; the
     /// body streams from [`HttpResponse::body`]. Any status is returned as is
     /// ([`HttpResponse::error_for_status`] turns 4xx/5xx into `Status`). Dropping the response
-    /// or its body closes the connection, which cancels the request at the vendor.
+    /// or its body before its end closes the connection, which cancels the request at the
+    /// vendor; a body read to its end leaves the connection open for the next request to the
+    /// same scheme, host and port (keep-alive, see the `http` module).
     ///
     /// Errors: as [`Outbound::connect_ws`] up to the connection, then `Timeout{FirstByte}`,
     /// `TooLarge` (request body over [`MAX_REQUEST_BODY_BYTES`]), `Http`.

@@ -478,3 +478,101 @@ async fn dropping_the_body_closes_the_connection_at_the_vendor() {
     assert!(head.contains("\r\nauthorization: Bearer test-key\r\n"), "{head}");
     assert_eq!(out.open_streams(), 0);
 }
+
+/// A plain HTTP/1.1 vendor on 127.0.0.1 that counts its connections and answers each request
+/// on a connection in turn: `/stall` with one chunk of a body that never ends, anything else
+/// with `audio` (and `connection: close` for `/close`). With `hang_up`, a connection answers
+/// one request and closes when the next one arrives, unanswered: the race of a vendor's idle
+/// timeout with a client reusing the connection.
+async fn keep_alive_vendor(hang_up: bool) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for served in 0.. {
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    if hang_up && served == 1 {
+                        return;
+                    }
+                    let answer: &[u8] = if head.starts_with("GET /stall ") {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\naudio\r\n"
+                    } else if head.starts_with("GET /close ") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\naudio"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\naudio"
+                    };
+                    if tcp.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Read `response`'s body to its end.
+async fn read_all(mut response: HttpResponse) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(chunk) = within(response.body.next_chunk()).await {
+        body.extend_from_slice(&chunk.unwrap());
+    }
+    body
+}
+
+#[tokio::test]
+async fn a_body_read_to_its_end_leaves_its_connection_for_the_next_request() {
+    let (port, accepted) = keep_alive_vendor(false).await;
+    let resolver = Arc::new(CountingResolver::default());
+    let out = outbound(&[format!("127.0.0.1:{port}")], tls::client_config(false, None).unwrap(), &resolver, |_| {});
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    for _ in 0..3 {
+        assert_eq!(read_all(within(out.request(get(url("/speech")))).await.unwrap()).await, b"audio");
+        assert_eq!(out.idle_connections(), 1);
+        assert_eq!(out.open_streams(), 0, "an idle connection holds no stream slot");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests on one connection");
+
+    // A body dropped before its end closes its connection: the next request opens another.
+    let mut stalled = within(out.request(get(url("/stall")))).await.unwrap();
+    assert_eq!(out.idle_connections(), 0, "the stalled request took the idle connection");
+    assert_eq!(&within(stalled.body.next_chunk()).await.unwrap().unwrap()[..], b"audio");
+    drop(stalled);
+    assert_eq!(read_all(within(out.request(get(url("/speech")))).await.unwrap()).await, b"audio");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // `connection: close` from the vendor: not kept.
+    assert_eq!(read_all(within(out.request(get(url("/close")))).await.unwrap()).await, b"audio");
+    assert_eq!(out.idle_connections(), 0);
+    assert_eq!(read_all(within(out.request(get(url("/speech")))).await.unwrap()).await, b"audio");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_vendor_closed_is_replaced_without_an_error() {
+    let (port, accepted) = keep_alive_vendor(true).await;
+    let resolver = Arc::new(CountingResolver::default());
+    let out = outbound(&[format!("127.0.0.1:{port}")], tls::client_config(false, None).unwrap(), &resolver, |_| {});
+    let url = format!("http://127.0.0.1:{port}/speech");
+    // Each kept connection is closed by the vendor as the next request arrives on it: that
+    // request is sent again on a new connection, and every request succeeds.
+    for i in 1..=5 {
+        assert_eq!(read_all(within(out.request(get(url.clone()))).await.unwrap()).await, b"audio", "request {i}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}

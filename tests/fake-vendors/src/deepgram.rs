@@ -124,7 +124,7 @@ impl DeepgramFake {
         let record = Shared::new(DeepgramRecord::default());
         let (hold, hold_rx) = watch::channel(false);
         let state = Arc::new(State { script: Mutex::new(script), record: record.clone(), hold: hold_rx });
-        let task = crate::serve(listener, ca.server.clone(), move |req| handle(state.clone(), req));
+        let task = crate::serve(listener, ca.server.clone(), move |_peer, req| handle(state.clone(), req));
         DeepgramFake { addr, ca_pem: ca.ca_pem, record, hold, task }
     }
 

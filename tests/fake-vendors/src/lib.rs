@@ -109,13 +109,13 @@ pub(crate) fn serve<F, Fut>(
     service: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(std::net::SocketAddr, hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send + 'static,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, peer)) = listener.accept().await else { return };
             // A streaming vendor writes small pieces (a result, a 50 ms chunk): without this,
             // Nagle's algorithm holds each behind the peer's delayed ACK (up to 40 ms).
             let _ = tcp.set_nodelay(true);
@@ -123,7 +123,10 @@ where
             tokio::spawn(async move {
                 let Ok(Ok(tls)) = tokio::time::timeout(WAIT_LIMIT, acceptor.accept(tcp)).await else { return };
                 let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), hyper::service::service_fn(service))
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tls),
+                        hyper::service::service_fn(move |req| service(peer, req)),
+                    )
                     .with_upgrades()
                     .await;
             });

@@ -90,6 +90,8 @@ pub struct TtsRequestSeen {
     /// When the request was read whole; an accepted one's first chunk is sent at once after
     /// (the benchmark's "vendor first byte").
     pub at: std::time::Instant,
+    /// The client's address: requests with the same one came on the same connection.
+    pub peer: SocketAddr,
 }
 
 /// What the fake received and did.
@@ -139,7 +141,7 @@ impl TtsFake {
         let addr = listener.local_addr().expect("address");
         let record = Shared::new(TtsRecord::default());
         let state = Arc::new(State { vendor, script: Mutex::new(script), record: record.clone() });
-        let task = crate::serve(listener, ca.server.clone(), move |req| handle(state.clone(), req));
+        let task = crate::serve(listener, ca.server.clone(), move |peer, req| handle(state.clone(), peer, req));
         TtsFake { addr, ca_pem: ca.ca_pem, vendor, record, task }
     }
 
@@ -190,6 +192,7 @@ impl Drop for BodyGuard {
 
 async fn handle(
     state: Arc<State>,
+    peer: SocketAddr,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
@@ -207,6 +210,7 @@ async fn handle(
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
         at: std::time::Instant::now(),
+        peer,
     };
     state.record.update(|r| {
         if r.requests.len() < MAX_RECORDED_ITEMS {
