@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo stt-deepgram tts-elevenlabs tts-openai
+PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo stt-deepgram tts-elevenlabs tts-openai legacy-protocol
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 # Autobahn|Testsuite (WebSocket conformance, tests/tests/autobahn.rs) needs Python 2.7: the
@@ -61,7 +61,7 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build test-setup
-	GATEWAYD_WSTEST=$(AUTOBAHN_VENV)/bin/wstest $(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol --exclude gatewayd-echo
+	GATEWAYD_WSTEST=$(AUTOBAHN_VENV)/bin/wstest $(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol --exclude gatewayd-echo --exclude gatewayd-legacy-protocol
 	$(CARGO) test --release -p gatewayd-signaling --lib
 	$(CARGO) test --release -p gatewayd-chat --lib
 	$(CARGO) test --release -p gatewayd-rooms --lib
