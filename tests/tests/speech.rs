@@ -318,13 +318,22 @@ async fn tts_audio_is_paced_at_50_frames_a_second_and_its_mark_follows() {
     assert!(request.body.contains("Hello, how can I help?"), "{}", request.body);
     assert_eq!(record.completed, 1);
 
-    // The next sentence reuses the kept-alive connection: no new TCP and TLS handshake.
-    call.command("say:again:And another thing.", "saying").await;
-    assert_eq!(call.text().await, "mark:again");
+    // Two sentences queued at once play one after the other, never mixed, with no gap: the
+    // caller hears the vendor's audio twice in a row, byte for byte (the second was fetched
+    // while the first played). Both requests reuse the kept-alive connection: no new TCP and
+    // TLS handshake.
+    let before = call.heard.len();
+    call.command("say:one:And another thing.", "saying").await;
+    call.command("say:two:And one more.", "saying").await;
+    assert_eq!(call.text().await, "mark:one");
+    assert_eq!(call.text().await, "mark:two");
+    let heard: Vec<u8> = call.heard[before..].iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    let twice = [payload.clone(), payload.clone()].concat();
+    assert!(find(&heard, &twice).is_some(), "the two utterances were heard back to back, unmixed");
     let record = eleven.recorded();
-    assert_eq!(record.requests.len(), 2);
-    assert_eq!(record.requests[1].peer, record.requests[0].peer, "the second request came on the first's connection");
-    assert_eq!(record.completed, 2);
+    assert_eq!(record.requests.len(), 3);
+    assert!(record.requests.iter().all(|r| r.peer == record.requests[0].peer), "one connection for all three");
+    assert_eq!(record.completed, 3);
 
     // The same through OpenAI (PCM 24000 Hz, resampled to the call's 8000 Hz): audio arrives
     // and the mark follows.
@@ -334,7 +343,7 @@ async fn tts_audio_is_paced_at_50_frames_a_second_and_its_mark_follows() {
     let loud = call.heard[before..].iter().filter(|(_, f)| f.iter().any(|&b| b != SILENCE && b != 0x7F)).count();
     assert!(loud >= 45, "about 1 s of OpenAI audio reached the caller, got {loud} frames");
     assert!(openai.recorded().requests[0].body.contains("\"voice\":\"alloy\""), "the default voice");
-    assert_eq!(metric(&d, "gatewayd_speech_streams_total{provider=\"elevenlabs\",kind=\"tts\"}").await, 2.0);
+    assert_eq!(metric(&d, "gatewayd_speech_streams_total{provider=\"elevenlabs\",kind=\"tts\"}").await, 3.0);
     assert_no_key_logged(&d);
 }
 

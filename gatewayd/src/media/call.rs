@@ -1,7 +1,8 @@
 //! The state of one live call: sources -> mixer -> sinks, its codec and pacer.
 //!
 //! Sources ([`super::mixer::Source`]): the play queue (files, bytes, DTMF tones, marks), the
-//! echo of the caller, streams ([`super::stream_source`], e.g. streamed TTS). Sinks: the wire
+//! echo of the caller, streams ([`super::stream_source`], e.g. streamed TTS; one at a time, in
+//! the order they were opened, so a call's utterances never overlap). Sinks: the wire
 //! (each mixed frame encoded and sent to the caller), the recorder (both directions, queued to
 //! a writer thread) and taps of the caller's audio ([`super::tap`]). No sink can hold up a slot:
 //! the wire is the connection's bounded outbox, the recorder and the taps are bounded queues
@@ -46,7 +47,7 @@ pub enum Command {
     Record(Option<Recorder>),
 }
 
-/// Streams a call may play at once.
+/// Streams a call may have open: the one playing and those waiting for it to end.
 pub const MAX_STREAMS: usize = 4;
 
 /// One answered call.
@@ -61,7 +62,8 @@ pub struct Call {
     queue: PlayQueue,
     echo: bool,
     echo_buf: EchoBuffer,
-    streams: Vec<StreamSource>,
+    /// Open streams in the order they were opened; only the first plays.
+    streams: VecDeque<StreamSource>,
     mixer: Mixer,
     taps: Taps,
     /// Caller audio not yet written to the recording.
@@ -103,7 +105,7 @@ impl Call {
             queue: PlayQueue::new(n),
             echo: false,
             echo_buf: EchoBuffer::default(),
-            streams: Vec::new(),
+            streams: VecDeque::new(),
             mixer: Mixer::new(n),
             taps: Taps::default(),
             to_record: VecDeque::new(),
@@ -152,9 +154,16 @@ impl Call {
     }
 
     /// Open a stream into the call: audio written to the returned writer as `encoding`
-    /// (`pcmu`, `pcma`, `l16`) at `rate` Hz plays from the next slot on, mixed with the other
-    /// sources; `mark` is reported when all of it has been sent. Err: see
-    /// [`stream_source::open`], or [`MAX_STREAMS`] streams already playing.
+    /// (`pcmu`, `pcma`, `l16`) at `rate` Hz plays once the streams opened before it have
+    /// ended (from the next slot on when there are none), mixed with the play queue and the
+    /// echo; `mark` is reported when all of it has been sent. Until it plays, its writer may
+    /// fill its queue ([`stream_source::STREAM_FRAMES`]) ahead: the next utterance's vendor
+    /// request runs while the current one plays (a writer waiting for room longer than
+    /// [`stream_source::WRITE_TIMEOUT`] fails `Stalled`, so open a stream ahead of the one
+    /// playing only when that one has at most about a second left to play, as the speech
+    /// speaker does: it opens the next once the current one's audio has all been written).
+    /// Err: see [`stream_source::open`], or
+    /// [`MAX_STREAMS`] streams already open.
     pub fn open_stream(
         &mut self,
         encoding: CodecName,
@@ -167,12 +176,13 @@ impl Call {
     }
 
     /// Play a stream opened with [`stream_source::open`] at this call's rate (so the resampler
-    /// is built outside the call's lock). Err: [`MAX_STREAMS`] streams already playing.
+    /// is built outside the call's lock), after the streams opened before it. Err:
+    /// [`MAX_STREAMS`] streams already open.
     pub fn add_stream(&mut self, source: StreamSource) -> Result<(), String> {
         if self.streams.len() >= MAX_STREAMS {
-            return Err(format!("call {} already plays {MAX_STREAMS} streams", self.id));
+            return Err(format!("call {} already has {MAX_STREAMS} streams open", self.id));
         }
-        self.streams.push(source);
+        self.streams.push_back(source);
         Ok(())
     }
 
@@ -258,7 +268,7 @@ impl Call {
         let tick = self.pacer.tick(now);
         let sources = [&mut self.queue as &mut dyn Source, &mut self.echo_buf]
             .into_iter()
-            .chain(self.streams.iter_mut().map(|s| s as &mut dyn Source));
+            .chain(self.streams.front_mut().map(|s| s as &mut dyn Source));
         self.mixer.mix(sources, &mut self.out);
         CallStats::add(&self.stats.dropped_frames, self.echo_buf.take_trimmed() as u64);
         if !self.out.is_empty() {
@@ -284,11 +294,15 @@ impl Call {
         }
         self.reached.clear();
         self.queue.reached(&mut self.reached);
-        for s in &mut self.streams {
+        // Only the playing stream reaches anything: a waiting one's mark (even an empty
+        // stream's) comes after the marks of those before it.
+        if let Some(s) = self.streams.front_mut() {
             s.reached(&mut self.reached);
             CallStats::add(&self.stats.stream_underruns, s.take_underruns());
+            if s.is_done() {
+                self.streams.pop_front();
+            }
         }
-        self.streams.retain(|s| !s.is_done());
         for r in self.reached.drain(..) {
             let event = match r {
                 Reached::Mark(name) => MediaEvent::Mark(name),
@@ -439,6 +453,31 @@ mod tests {
         assert_eq!(f.events(), [MediaEvent::Mark("said".into())]);
         assert_eq!(f.slot(), None);
         assert_eq!(f.stats.stream_underruns.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn streams_play_one_after_another_in_the_order_they_were_opened() {
+        let mut f = fixture(CodecName::L16, None);
+        let mut first = f.call.open_stream(CodecName::L16, 8000, Some("first".into())).unwrap();
+        let mut second = f.call.open_stream(CodecName::L16, 8000, Some("second".into())).unwrap();
+        let empty = f.call.open_stream(CodecName::L16, 8000, Some("empty".into())).unwrap();
+        block_on(async {
+            // The later streams are written first: they wait for their turn, unmixed.
+            second.write(&[2; 320]).await.unwrap();
+            second.finish().await.unwrap();
+            empty.finish().await.unwrap();
+            first.write(&[1; 320]).await.unwrap();
+            first.finish().await.unwrap();
+        });
+        assert_eq!(f.slot(), Some(vec![1; 160]));
+        assert_eq!(f.slot(), Some(vec![1; 160]));
+        assert_eq!(f.events(), [MediaEvent::Mark("first".into())]);
+        assert_eq!(f.slot(), Some(vec![2; 160]), "the next stream plays in the very next slot");
+        assert_eq!(f.slot(), Some(vec![2; 160]));
+        assert_eq!(f.events(), [MediaEvent::Mark("second".into())]);
+        assert_eq!(f.slot(), None);
+        assert_eq!(f.events(), [MediaEvent::Mark("empty".into())], "an empty stream's mark keeps its place");
+        assert_eq!(f.stats.stream_underruns.load(Relaxed), 0, "waiting is not starving");
     }
 
     #[test]
