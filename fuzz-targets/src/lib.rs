@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("chat_upload", chat_upload),
     ("rooms_message", rooms_message),
     ("ivr_message", ivr_message),
+    ("deepgram_message", deepgram_message),
     #[cfg(feature = "daemon")]
     ("sql_placeholders", sql_placeholders),
     #[cfg(feature = "daemon")]
@@ -36,6 +37,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("websocket_frame_guard", websocket_frame_guard),
     #[cfg(feature = "daemon")]
     ("twilio_signature", twilio_signature),
+    #[cfg(feature = "daemon")]
+    ("tts_audio", tts_audio),
 ];
 
 /// A WebSocket text frame reaches a plugin only as UTF-8 (the daemon refuses other text).
@@ -257,4 +260,61 @@ pub fn twilio_signature(data: &[u8]) {
     let good = signature(token, url, &params);
     assert!(verify(token, url, &params, &good), "a computed signature verifies: {url:?}");
     assert!(!verify("another-token", url, &params, &good), "another token's signature never verifies");
+}
+
+/// Deepgram live results: one vendor message (text as the vendor's JSON, and the same bytes as
+/// a binary message) through the `stt-deepgram` provider's parser, natively (in the daemon it
+/// runs in the provider's sandbox).
+pub fn deepgram_message(data: &[u8]) {
+    use gatewayd_plugin::speech::WsMessage;
+    use gatewayd_stt_deepgram::messages::events;
+    if let Some(t) = text(data) {
+        let _ = events(WsMessage::Text(t.to_string()), true);
+        let _ = events(WsMessage::Text(t.to_string()), false);
+    }
+    let _ = events(WsMessage::Binary(data.to_vec()), true);
+}
+
+/// A TTS vendor's response body (`speech::convert::ToCall`) in every supported format, cut into
+/// chunks whose sizes come from the input (empty ones included, as a body may frame them):
+/// never a panic, at most the samples the bytes hold (resampled: their share at 8000 Hz plus
+/// the resampler's tail), and at 8000 Hz the same samples however the body was cut.
+#[cfg(feature = "daemon")]
+pub fn tts_audio(data: &[u8]) {
+    use gatewayd::speech::bindings::types::{AudioEncoding, AudioFormat};
+    use gatewayd::speech::convert::ToCall;
+    let Some((&cut, body)) = data.split_first() else { return };
+    let formats = [
+        (AudioEncoding::Mulaw, 8000),
+        (AudioEncoding::Alaw, 8000),
+        (AudioEncoding::PcmS16le, 8000),
+        (AudioEncoding::PcmS16le, 16000),
+        (AudioEncoding::PcmS16le, 24000),
+        (AudioEncoding::Mulaw, 11025),
+    ];
+    for (encoding, sample_rate) in formats {
+        let format = AudioFormat { encoding, sample_rate, channels: 1 };
+        let decode = |sizes: &mut dyn Iterator<Item = usize>| {
+            let mut to_call = ToCall::new(&format).expect("a supported format");
+            let (mut out, mut rest) = (Vec::new(), body);
+            while !rest.is_empty() {
+                let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
+                to_call.push(&rest[..n], &mut out);
+                rest = &rest[n..];
+            }
+            to_call.finish(&mut out);
+            out
+        };
+        let whole = decode(&mut std::iter::empty());
+        // Chunk sizes 0..=cut % 8 + 1, cycling: small and odd, empty ones included.
+        let modulus = usize::from(cut % 8) + 2;
+        let cut_up = decode(&mut (0..).map(|i| (i * 7 + usize::from(cut)) % modulus));
+        let bytes_per_sample = if encoding == AudioEncoding::PcmS16le { 2 } else { 1 };
+        let samples = body.len() / bytes_per_sample;
+        let bound = samples * 8000 / sample_rate as usize + 1024;
+        assert!(cut_up.len() <= bound, "{} samples from {} bytes at {sample_rate} Hz", cut_up.len(), body.len());
+        if sample_rate == 8000 {
+            assert_eq!(whole, cut_up, "{encoding:?}: how the body was cut changed the audio");
+        }
+    }
 }

@@ -52,15 +52,17 @@ impl ToCall {
             AudioEncoding::Alaw => self.decoded.extend(bytes.iter().map(|&b| alaw_to_linear(b))),
             _ => {
                 let mut rest = bytes;
-                if let Some(first) = self.odd.take()
-                    && let Some((&second, tail)) = rest.split_first()
-                {
+                if let (Some(first), Some((&second, tail))) = (self.odd, rest.split_first()) {
                     self.decoded.push(i16::from_le_bytes([first, second]));
+                    self.odd = None;
                     rest = tail;
                 }
-                let mut pairs = rest.chunks_exact(2);
-                self.decoded.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-                self.odd = pairs.remainder().first().copied();
+                // A split sample's first byte waits for the next non-empty chunk.
+                if self.odd.is_none() {
+                    let mut pairs = rest.chunks_exact(2);
+                    self.decoded.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
+                    self.odd = pairs.remainder().first().copied();
+                }
             }
         }
         match &mut self.resampler {
