@@ -127,6 +127,9 @@ impl StorageConfig {
     }
 }
 
+/// Default `[media] coalesce_us`.
+pub const DEFAULT_COALESCE_US: u32 = 500;
+
 /// `[media]`: the threads calls run on (see `media::threads`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -139,12 +142,19 @@ pub struct MediaConfig {
     /// CPUs, so normal processes always keep the other half. Refused by the OS (no
     /// `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) -> a warning and normal scheduling.
     pub realtime_priority: u8,
+    /// Wake-up coalescing, in µs (0..=5000; 0 = off; default 500): a media thread that wakes
+    /// up waits this long before it runs, so the frames and events that arrive meanwhile are
+    /// handled in one pass, as a network card coalesces interrupts. Adds at most this much to
+    /// a frame's delay; saves the wake-ups and context switches (and, under `SCHED_RR`, the
+    /// preemptions of other threads) of handling them one at a time (docs/benchmarks.md,
+    /// Speech).
+    pub coalesce_us: u32,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        MediaConfig { threads: (cpus / 2).clamp(1, 64), realtime_priority: 20 }
+        MediaConfig { threads: (cpus / 2).clamp(1, 64), realtime_priority: 20, coalesce_us: DEFAULT_COALESCE_US }
     }
 }
 
@@ -662,6 +672,9 @@ impl Config {
         if self.media.realtime_priority > 99 {
             return err("media.realtime_priority".into(), "must be 0 (off) or 1 to 99".into());
         }
+        if self.media.coalesce_us > 5000 {
+            return err("media.coalesce_us".into(), "must be 0 (off) to 5000 µs".into());
+        }
         let mut addresses = BTreeMap::new();
         for (name, l) in &self.listeners {
             if let Some(other) = addresses.insert(l.address, name) {
@@ -906,6 +919,19 @@ mod tests {
         assert!(e.contains("missing field `key_file`"), "{e}");
         let e = c.check_files().unwrap_err().to_string();
         assert_eq!(e, "listeners.main.tls.cert_file: /etc/gw/tls/cert.pem does not exist");
+    }
+
+    #[test]
+    fn media_table_defaults_and_bounds() {
+        let c = Config::parse(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!((c.media.realtime_priority, c.media.coalesce_us), (20, DEFAULT_COALESCE_US));
+        let with = |media: &str| Config::parse(&format!("{MINIMAL}\n[media]\n{media}"), Path::new("/"));
+        assert_eq!(with("coalesce_us = 0").unwrap().media.coalesce_us, 0);
+        assert_eq!(with("coalesce_us = 5000").unwrap().media.coalesce_us, 5000);
+        let e = with("coalesce_us = 5001").unwrap_err().to_string();
+        assert_eq!(e, "media.coalesce_us: must be 0 (off) to 5000 µs");
+        let e = with("realtime_priority = 100").unwrap_err().to_string();
+        assert_eq!(e, "media.realtime_priority: must be 0 (off) or 1 to 99");
     }
 
     #[test]

@@ -76,8 +76,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let jwt = keys.clone();
     let media_threads =
-        crate::media::threads::MediaThreads::start(config.media.threads, config.media.realtime_priority)
-            .context("starting the media threads")?;
+        crate::media::threads::MediaThreads::start(&config.media).context("starting the media threads")?;
     let media = Arc::new(crate::media::MediaEngine::new(bus.clone(), media_threads));
     configure_media(&media, &config)?;
     let speech = Arc::new(crate::speech::Calls::from_config(&config, media.clone(), metrics.speech.clone())?);

@@ -5,7 +5,8 @@
 # Knobs (docs/benchmarks.md, IVR): IVR_BENCH_RT (daemon [media] realtime_priority; default: the daemon's, 20),
 # IVR_BENCH_MEDIA_THREADS ([media] threads; default: the daemon's), IVR_BENCH_NICE (nice value
 # for the daemon), IVR_BENCH_DAEMON_CPUS / IVR_BENCH_LOAD_CPUS (taskset CPU lists),
-# IVR_BENCH_LOAD_RT (SCHED_RR priority for the load tool).
+# IVR_BENCH_LOAD_RT (SCHED_RR priority for the load tool), IVR_BENCH_COALESCE_US ([media]
+# coalesce_us; default: the daemon's, 500).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -22,6 +23,7 @@ log_format = "json"
 [media]
 ${IVR_BENCH_RT:+realtime_priority = $IVR_BENCH_RT}
 ${IVR_BENCH_MEDIA_THREADS:+threads = $IVR_BENCH_MEDIA_THREADS}
+${IVR_BENCH_COALESCE_US:+coalesce_us = $IVR_BENCH_COALESCE_US}
 [listeners.ivr]
 address = "127.0.0.1:$PORT"
 send_queue_frames = 1024

@@ -76,7 +76,11 @@ pub async fn run(a: DispatchArgs) -> anyhow::Result<()> {
 /// fresh metrics, a media engine and speech (no providers).
 pub fn in_process_services(bus: &Arc<Bus>, config: &Config) -> anyhow::Result<Arc<Services>> {
     let jwt = Arc::new(gatewayd::auth::Keys::new(gatewayd::auth::JwtVerifier::new(&config.auth)?));
-    let media_threads = gatewayd::media::threads::MediaThreads::start(1, 0)?;
+    let media_threads = gatewayd::media::threads::MediaThreads::start(&gatewayd::config::MediaConfig {
+        threads: 1,
+        realtime_priority: 0,
+        coalesce_us: 0,
+    })?;
     let media = Arc::new(gatewayd::media::MediaEngine::new(bus.clone(), media_threads));
     let metrics = Arc::new(gatewayd::plugins::stats::Metrics::default());
     let speech = Arc::new(gatewayd::speech::Calls::from_config(config, media.clone(), metrics.speech.clone())?);

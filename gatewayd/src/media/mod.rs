@@ -425,7 +425,15 @@ mod tests {
         let bus = Arc::new(Bus::new());
         let outbox = Arc::new(Outbox::new(1000, 1 << 20));
         let id = bus.register(ConnParts { plugin: "ivr".into(), outbox, session: Arc::default() });
-        let engine = MediaEngine::new(bus, threads::MediaThreads::start(1, 0).unwrap());
+        let engine = MediaEngine::new(
+            bus,
+            threads::MediaThreads::start(&crate::config::MediaConfig {
+                threads: 1,
+                realtime_priority: 0,
+                coalesce_us: 0,
+            })
+            .unwrap(),
+        );
         let (tx, mut events) = mpsc::unbounded_channel();
         engine.register(id, "ivr", Format::new(CodecName::Pcmu, 8000).unwrap(), tx);
         assert!(engine.tap(id, 16000).unwrap_err().contains("not answered"));

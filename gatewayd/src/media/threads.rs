@@ -12,10 +12,20 @@
 //! processes on the same cores cannot delay a frame. It needs `CAP_SYS_NICE` or an
 //! `RLIMIT_RTPRIO` of at least that priority (systemd: `LimitRTPRIO=`); without either the
 //! threads keep normal scheduling and a warning is logged.
+//!
+//! A real-time thread runs the instant anything it waits for is ready, so it would wake for
+//! each caller frame, each tap and each plugin reply on its own, and preempt whichever thread
+//! shares its core each time (at 500 transcribed calls: 9,000 wake-ups and 3,700 preemptions of
+//! the main runtime's workers a second). With `coalesce_us`, a thread that wakes waits that long
+//! (500 µs by default, asleep) before it runs, then handles everything that arrived meanwhile in
+//! one pass, as a network card coalesces interrupts: a frame waits at most that much longer,
+//! against a 20 ms slot (docs/benchmarks.md, Speech).
 
 use super::clock::Clock;
+use crate::config::MediaConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 
 /// The media runtime and its clocks.
@@ -28,10 +38,12 @@ pub struct MediaThreads {
 }
 
 impl MediaThreads {
-    /// Start `threads` media threads (at least one), under `SCHED_RR` at `realtime_priority`
-    /// (1..=99) when it is not 0.
-    pub fn start(threads: usize, realtime_priority: u8) -> std::io::Result<MediaThreads> {
-        let threads = threads.max(1);
+    /// Start `config.threads` media threads (at least one), under `SCHED_RR` at
+    /// `config.realtime_priority` (1..=99) when it is not 0, each waiting `config.coalesce_us`
+    /// after a wake-up before it runs (see the module's documentation).
+    pub fn start(config: &MediaConfig) -> std::io::Result<MediaThreads> {
+        let (threads, realtime_priority) = (config.threads.max(1), config.realtime_priority);
+        let coalesce = Duration::from_micros(u64::from(config.coalesce_us));
         let started = AtomicUsize::new(0);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -39,6 +51,11 @@ impl MediaThreads {
             .on_thread_start(move || {
                 if realtime_priority > 0 {
                     set_realtime(started.fetch_add(1, Ordering::Relaxed), realtime_priority);
+                }
+            })
+            .on_thread_unpark(move || {
+                if !coalesce.is_zero() {
+                    std::thread::sleep(coalesce);
                 }
             })
             .enable_all()
