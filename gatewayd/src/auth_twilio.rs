@@ -56,6 +56,64 @@ pub fn verify_body(auth_token: &str, url: &str, body: &[u8], header: &str) -> bo
     hash.eq_ignore_ascii_case(&actual) && verify(auth_token, url, &[], header)
 }
 
+/// What the daemon checks a `twilio_signature` route's requests with: the auth token and the
+/// public base URL of `[twilio]` (Twilio signs the URL it requested, which behind a proxy or
+/// a tunnel is not the one the daemon sees).
+pub struct Signer {
+    auth_token: String,
+    /// `http(s)://host[:port]`, no trailing `/`.
+    base: String,
+}
+
+/// Header of the plugin's request carrying `[twilio] public_base_url` on a signed route, so
+/// the plugin can build URLs Twilio will call (the Media Stream's).
+pub const PUBLIC_BASE_URL_HEADER: &str = "x-gatewayd-public-base-url";
+
+impl Signer {
+    /// A signer from `[twilio]`. Err: the token does not resolve, or a bad base URL.
+    pub fn new(config: &crate::config::TwilioConfig) -> Result<Signer, String> {
+        Ok(Signer { auth_token: config.resolve_token()?, base: config.base_url()?.to_string() })
+    }
+
+    /// The public base URL (`http(s)://host[:port]`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// An HTTP webhook: `path_and_query` as requested, a form body's parameters (any other
+    /// body is bound by `bodySHA256` in the query), the `X-Twilio-Signature` header.
+    pub fn check_http(&self, path_and_query: &str, form: bool, body: &[u8], header: Option<&str>) -> bool {
+        let Some(header) = header else { return false };
+        let url = format!("{}{path_and_query}", self.base);
+        if form {
+            let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+            verify(&self.auth_token, &url, &params, header)
+        } else if body.is_empty() {
+            verify(&self.auth_token, &url, &[], header)
+        } else {
+            verify_body(&self.auth_token, &url, body, header)
+        }
+    }
+
+    /// The Media Streams WebSocket upgrade: Twilio signs its `wss://` (`ws://` for an `http`
+    /// base) URL alone.
+    pub fn check_upgrade(&self, path_and_query: &str, header: Option<&str>) -> bool {
+        let Some(header) = header else { return false };
+        let ws_base = match self.base.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", self.base.trim_start_matches("http://")),
+        };
+        verify(&self.auth_token, &format!("{ws_base}{path_and_query}"), &[], header)
+    }
+}
+
+impl std::fmt::Debug for Signer {
+    /// The token is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
 /// `url` without its port and with the scheme's default port (`https`/`wss` 443,
 /// `http`/`ws` 80); a URL with a non-default port keeps it in the second form.
 fn port_forms(url: &str) -> [String; 2] {
@@ -170,6 +228,26 @@ mod tests {
         assert!(verify_body(TOKEN, url, body, "a9nBmqA0ju/hNViExpshrM61xv4="));
         assert!(!verify_body(TOKEN, url, b"{}", "a9nBmqA0ju/hNViExpshrM61xv4="));
         assert!(!verify_body(TOKEN, URL, body, "a9nBmqA0ju/hNViExpshrM61xv4="));
+    }
+
+    #[test]
+    fn the_signer_checks_webhooks_and_upgrades_against_the_public_url() {
+        let config = crate::config::TwilioConfig {
+            auth_token: Some(TOKEN.into()),
+            auth_token_env: None,
+            public_base_url: "https://mycompany.com/".into(),
+        };
+        let signer = Signer::new(&config).unwrap();
+        let body = b"CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212";
+        let sig = "RSOYDt4T1cUTdK1PDd93/VVr8B8=";
+        assert!(signer.check_http("/myapp.php?foo=1&bar=2", true, body, Some(sig)));
+        assert!(!signer.check_http("/myapp.php?foo=1&bar=2", true, body, None));
+        assert!(!signer.check_http("/myapp.php?foo=1", true, body, Some(sig)));
+        assert!(!signer.check_http("/myapp.php?foo=1&bar=2", true, &body[..body.len() - 1], Some(sig)));
+        let ws_sig = signature(TOKEN, "wss://mycompany.com/stream", &[]);
+        assert!(signer.check_upgrade("/stream", Some(&ws_sig)));
+        assert!(!signer.check_upgrade("/stream2", Some(&ws_sig)));
+        assert!(!format!("{signer:?}").contains(TOKEN));
     }
 
     #[test]

@@ -119,6 +119,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Frames queued and not yet taken by the writer.
+    pub fn queued_frames(&self) -> usize {
+        self.queue.lock().frames.len()
+    }
+
     /// No more frames: the writer sends what is queued and stops.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

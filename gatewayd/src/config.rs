@@ -36,6 +36,55 @@ pub struct Config {
     /// `[speech]`: the STT and TTS providers calls use unless a route or the plugin names one.
     #[serde(default)]
     pub speech: SpeechChoice,
+    /// `[twilio]`: what the daemon checks Twilio's request signatures with (routes with
+    /// `twilio_signature = true`).
+    pub twilio: Option<TwilioConfig>,
+}
+
+/// `[twilio]`: the account's auth token and the URL Twilio reaches the daemon at
+/// (`auth_twilio`, telephony.md section 5 "Twilio Integration").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// The auth token inline (development only).
+    pub auth_token: Option<String>,
+    /// The environment variable holding the auth token (production).
+    pub auth_token_env: Option<String>,
+    /// Scheme, host and port Twilio calls the daemon at (`https://voice.example.com`): Twilio
+    /// signs the URL it requested, so the daemon checks signatures against this base plus the
+    /// request's path and query, never the Host header. `http`/`https` for webhooks; the Media
+    /// Streams upgrade is checked against the same base with `ws`/`wss`.
+    pub public_base_url: String,
+}
+
+impl TwilioConfig {
+    /// The auth token (`auth_token`, or the variable `auth_token_env` names). Err: neither or
+    /// both given, the variable unset, or an empty token.
+    pub fn resolve_token(&self) -> Result<String, String> {
+        let token = match (&self.auth_token, &self.auth_token_env) {
+            (Some(t), None) => t.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| format!("auth_token_env: ${var} is not set"))?,
+            _ => return Err("exactly one of `auth_token` or `auth_token_env` is needed".into()),
+        };
+        if token.is_empty() {
+            return Err("the auth token is empty".into());
+        }
+        Ok(token)
+    }
+
+    /// `public_base_url` without a trailing `/`. Err: not `http://` or `https://`, or it carries
+    /// a path, query or fragment.
+    pub fn base_url(&self) -> Result<&str, String> {
+        let base = self.public_base_url.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("https://")
+            .or_else(|| base.strip_prefix("http://"))
+            .ok_or_else(|| format!("`{base}` must start with http:// or https://"))?;
+        if rest.is_empty() || rest.contains(['/', '?', '#']) {
+            return Err(format!("`{base}` must be a scheme, host and port only"));
+        }
+        Ok(base)
+    }
 }
 
 /// Which speech provider plugins to use (`[speech]`, and a route's `speech = {...}`): plugin
@@ -375,6 +424,11 @@ pub struct RouteConfig {
     /// (`speech = { stt = "deepgram", tts = "elevenlabs" }`).
     #[serde(default)]
     pub speech: SpeechChoice,
+    /// Check Twilio's `X-Twilio-Signature` on every request (HTTP webhooks, and the Media
+    /// Streams WebSocket upgrade) with `[twilio]`: a missing or wrong signature gets 403 and
+    /// never reaches the plugin.
+    #[serde(default)]
+    pub twilio_signature: bool,
 }
 
 /// A media route's wire audio: codec and sample rate, mono, 20 ms frames.
@@ -385,6 +439,11 @@ pub struct RouteMedia {
     pub codec: crate::media::format::CodecName,
     /// Samples per second.
     pub rate: u32,
+    /// How audio travels on the socket: `binary` (one binary message per chunk of audio, the
+    /// default) or `twilio` (Twilio Media Streams' JSON text messages, base64 mu-law 8 kHz;
+    /// `media::twilio`).
+    #[serde(default)]
+    pub framing: crate::media::format::Framing,
 }
 
 impl RouteMedia {
@@ -451,6 +510,9 @@ pub struct PluginMediaConfig {
     pub recordings_dir: Option<PathBuf>,
     /// Record every call of this plugin from `answer` on.
     pub record_calls: bool,
+    /// Keep the audio of `say` utterances with a mark for `media.said-audio` (a few seconds of
+    /// wire audio per utterance, at most 4 per call).
+    pub keep_said_audio: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -710,6 +772,10 @@ impl Config {
             }
         }
         self.check_speech(&self.speech, "speech")?;
+        if let Some(t) = &self.twilio {
+            t.base_url().map_err(|message| ConfigError { path: "twilio.public_base_url".into(), message })?;
+            t.resolve_token().map_err(|message| ConfigError { path: "twilio".into(), message })?;
+        }
         for (i, r) in self.routes.iter().enumerate() {
             if !self.listeners.contains_key(&r.listener) {
                 return err(
@@ -724,7 +790,13 @@ impl Config {
                 return err(format!("routes[{i}].path"), format!("`{}` must start with /", r.path));
             }
             if let Some(m) = &r.media {
-                m.format().map_err(|message| ConfigError { path: format!("routes[{i}].media"), message })?;
+                let format =
+                    m.format().map_err(|message| ConfigError { path: format!("routes[{i}].media"), message })?;
+                if m.framing == crate::media::format::Framing::Twilio
+                    && (format.codec != crate::media::format::CodecName::Pcmu || format.rate != 8000)
+                {
+                    return err(format!("routes[{i}].media"), "Twilio framing carries pcmu at 8000 Hz".into());
+                }
                 if r.kind != RouteKind::Websocket {
                     return err(format!("routes[{i}].media"), "only websocket routes carry media".into());
                 }
@@ -733,6 +805,9 @@ impl Config {
                 return err(format!("routes[{i}].speech"), "only media routes use speech providers".into());
             }
             self.check_speech(&r.speech, &format!("routes[{i}].speech"))?;
+            if r.twilio_signature && self.twilio.is_none() {
+                return err(format!("routes[{i}].twilio_signature"), "needs a [twilio] table".into());
+            }
             if let Some(code) = r.refused_token_close
                 && (r.kind != RouteKind::Websocket || !(4000..=4999).contains(&code))
             {

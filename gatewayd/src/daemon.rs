@@ -60,6 +60,7 @@ fn configure_media(media: &crate::media::MediaEngine, config: &Config) -> anyhow
         let settings = crate::media::PluginMedia {
             recordings_dir: p.media.recordings_dir.clone(),
             record_calls: p.media.record_calls,
+            keep_said_audio: p.media.keep_said_audio,
         };
         media.configure_plugin(name, &p.media.files, settings).map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -377,8 +377,8 @@ pub mod log {
 /// [`Protocol::on_media`]). The host moves the audio; the plugin only steers it.
 pub mod media {
     pub use super::gatewayd::plugin::media::{
-        SayOptions, TranscribeOptions, answer, clear, echo, hangup, mark, play_bytes, play_file, record, say,
-        send_dtmf, stop_transcribing, transcribe,
+        SayOptions, TranscribeOptions, answer, clear, echo, feed_caller_audio, hangup, mark, play_bytes, play_file,
+        record, said_audio, say, send_dtmf, stop_transcribing, transcribe,
     };
 
     /// Transcribe call `id` with the route's (or `[speech]`'s) STT provider, finals only, in

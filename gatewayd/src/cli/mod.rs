@@ -37,6 +37,15 @@ enum Command {
     /// Write plugins (needs no config file).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print a token for user `--user` (claim `user_id`), signed with `[auth.signing]`, for
+    /// trying the agent endpoints by hand (the telephony dashboard, signaling's agent side).
+    Token {
+        #[arg(long)]
+        user: String,
+        /// Lifetime, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,13 +87,20 @@ enum TenantCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// Map a phone number (E.164, e.g. +14155550100) to a business: Twilio calls to it are
+    /// that business's.
+    AddNumber {
+        number: String,
+        #[arg(long)]
+        business: String,
+    },
     /// Make an agent a member of a business, optionally of one of its departments.
     AddMembership(Membership),
     /// Remove a membership.
     RemoveMembership(Membership),
-    /// Remove a business, department or agent (and what depends on it).
+    /// Remove a business, department, agent or number (and what depends on it).
     Remove {
-        #[arg(value_parser = ["business", "department", "agent"])]
+        #[arg(value_parser = ["business", "department", "agent", "number"])]
         kind: String,
         id: String,
     },
@@ -143,6 +159,7 @@ pub fn main() -> ExitCode {
             Command::Check => check(&config),
             Command::Migrate => crate::daemon::open_store(&config).await.map(|_| println!("migrations applied")),
             Command::Tenant(cmd) => tenant(&config, cmd).await,
+            Command::Token { user, ttl_secs } => token(&config, &user, ttl_secs),
             Command::Plugin(_) => unreachable!("handled before the config is read"),
             Command::Plugins => match &config.admin {
                 Some(admin) => plugins::run(admin.address).await,
@@ -159,6 +176,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn token(config: &Config, user: &str, ttl_secs: u32) -> anyhow::Result<()> {
+    let key = config.auth.signing.as_ref().ok_or_else(|| anyhow::anyhow!("auth.signing: no signing key configured"))?;
+    let signer = crate::auth_signing::Signer::new(key, &config.auth)?;
+    let mut claims = serde_json::Map::new();
+    claims.insert("user_id".into(), user.into());
+    let audience = config.auth.audience.as_deref().unwrap_or("gatewayd");
+    println!("{}", signer.issue(claims, ttl_secs, audience).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(())
 }
 
 fn check(config: &Config) -> anyhow::Result<()> {
@@ -182,6 +209,7 @@ async fn tenant(config: &Config, cmd: TenantCommand) -> anyhow::Result<()> {
             tenants::add_department(&store, &id, &business, &name).await?
         }
         TenantCommand::AddAgent { id, user_id, name } => tenants::add_agent(&store, &id, &user_id, &name).await?,
+        TenantCommand::AddNumber { number, business } => tenants::add_number(&store, &number, &business).await?,
         TenantCommand::AddMembership(Membership { agent, business, department }) => {
             tenants::add_membership(&store, &agent, &business, department.as_deref()).await?
         }

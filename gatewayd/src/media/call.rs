@@ -17,7 +17,7 @@
 use super::MediaEvent;
 use super::codec::Codec;
 use super::echo::EchoBuffer;
-use super::format::{CodecName, FRAME, Format};
+use super::format::{CodecName, FRAME, Format, Framing};
 use super::mixer::{Mixer, Source};
 use super::pacer::Pacer;
 use super::playout::{PlayQueue, Reached};
@@ -25,6 +25,7 @@ use super::recording::Recorder;
 use super::stats::CallStats;
 use super::stream_source::{self, StreamSource, StreamWriter};
 use super::tap::{PcmTap, PendingTap, Taps};
+use super::twilio;
 use crate::bus::{Bus, ConnId, Outbound};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -49,6 +50,28 @@ pub enum Command {
 
 /// Streams a call may have open: the one playing and those waiting for it to end.
 pub const MAX_STREAMS: usize = 4;
+
+/// Utterances whose audio a call keeps for `said-audio` (the oldest goes first).
+pub const MAX_SAID: usize = 4;
+/// Longest audio kept of one utterance (`said-audio`), in 20 ms frames: 30 s.
+pub const MAX_SAID_FRAMES: usize = 1500;
+
+/// The wire side of a Twilio Media Stream: its id (from `start`; nothing is sent before it)
+/// and the marks sent and not yet echoed.
+#[derive(Default)]
+struct TwilioWire {
+    stream_sid: Option<Arc<str>>,
+    marks: twilio::Marks,
+}
+
+/// The audio of finished `say` utterances (`said-audio`), as sent on the wire.
+#[derive(Default)]
+struct SaidAudio {
+    /// The utterance playing now.
+    current: Vec<u8>,
+    /// Finished utterances by mark, oldest first.
+    kept: VecDeque<(String, Vec<u8>)>,
+}
 
 /// One answered call.
 pub struct Call {
@@ -77,6 +100,10 @@ pub struct Call {
     reached: Vec<Reached>,
     pacer: Pacer,
     delays: DelayHistogram,
+    /// Twilio framing (`framing = "twilio"`); none: binary audio messages.
+    twilio: Option<TwilioWire>,
+    /// `keep_said_audio`: the audio of utterances with a mark.
+    said: Option<SaidAudio>,
 }
 
 /// What a call needs at answer.
@@ -88,6 +115,11 @@ pub struct CallSetup {
     pub stats: Arc<CallStats>,
     pub events: mpsc::UnboundedSender<MediaEvent>,
     pub recorder: Option<Recorder>,
+    /// How audio travels on the socket, and the Twilio stream id when already known.
+    pub framing: Framing,
+    pub stream_sid: Option<Arc<str>>,
+    /// Keep utterances' audio for `said-audio` (G.711 and L16 routes).
+    pub keep_said_audio: bool,
 }
 
 impl Call {
@@ -115,6 +147,57 @@ impl Call {
             reached: Vec::new(),
             pacer: Pacer::new(Instant::now() + FRAME),
             delays: DelayHistogram::default(),
+            twilio: (setup.framing == Framing::Twilio)
+                .then(|| TwilioWire { stream_sid: setup.stream_sid, marks: twilio::Marks::default() }),
+            said: (setup.keep_said_audio && setup.format.codec != CodecName::Opus).then(SaidAudio::default),
+        }
+    }
+
+    /// Twilio's `start` named the stream: audio and marks are sent with its id from now on.
+    pub fn set_stream_sid(&mut self, sid: Arc<str>) {
+        if let Some(t) = self.twilio.as_mut() {
+            t.stream_sid = Some(sid);
+        }
+    }
+
+    /// Twilio echoed mark `name`: reported when we sent it and have not cleared since.
+    pub fn mark_echoed(&mut self, name: &str) {
+        if let Some(t) = self.twilio.as_mut()
+            && t.marks.echoed(name)
+        {
+            let _ = self.events.send(MediaEvent::Mark(name.to_string()));
+        }
+    }
+
+    /// Take the kept audio of the utterance whose mark was `mark` (`said-audio`).
+    pub fn take_said_audio(&mut self, mark: &str) -> Option<Vec<u8>> {
+        let said = self.said.as_mut()?;
+        let i = said.kept.iter().position(|(m, _)| m == mark)?;
+        said.kept.remove(i).map(|(_, audio)| audio)
+    }
+
+    /// Audio that stands for the caller's (`feed-caller-audio`): 20 ms frames at the call's
+    /// rate, to the taps and the recording, not the echo.
+    pub fn caller_pcm(&mut self, frame: &[i16]) {
+        let n = self.format.frame_samples();
+        if self.recorder.is_some() && self.to_record.len() < n * super::echo::MAX_FRAMES {
+            self.to_record.extend(frame.iter().copied());
+        }
+        if !self.taps.is_empty() {
+            let wire: Vec<u8> = match self.format.codec {
+                CodecName::Pcmu => frame.iter().map(|&s| super::codec::linear_to_ulaw(s)).collect(),
+                _ => Vec::new(),
+            };
+            let dropped = self.taps.feed(&wire, frame);
+            CallStats::add(&self.stats.tap_dropped_frames, dropped);
+        }
+    }
+
+    /// Send a text message of the Twilio framing, when the stream's id is known.
+    fn send_twilio(&self, message: impl FnOnce(&str) -> Bytes) -> bool {
+        match self.twilio.as_ref().and_then(|t| t.stream_sid.as_deref()) {
+            Some(sid) => self.bus.send(self.id, Outbound::Text(message(sid))),
+            None => false,
         }
     }
 
@@ -132,6 +215,14 @@ impl Call {
                 self.echo_buf.clear();
                 // Dropping a stream's source closes it: its writer's next write fails.
                 self.streams.clear();
+                if let Some(said) = self.said.as_mut() {
+                    said.current.clear();
+                }
+                // Twilio drops what it has buffered; the echoes of pending marks mean nothing.
+                self.send_twilio(twilio::clear);
+                if let Some(t) = self.twilio.as_mut() {
+                    t.marks.clear();
+                }
             }
             Command::Echo(on) => {
                 self.echo = on;
@@ -275,7 +366,17 @@ impl Call {
             let mut wire = Vec::with_capacity(n * 2);
             self.codec.encode(&self.out, &mut wire);
             let len = wire.len() as u64;
-            if self.bus.send(self.id, Outbound::Binary(Bytes::from(wire))) {
+            if let Some(said) = self.said.as_mut()
+                && self.streams.front().is_some_and(StreamSource::has_mark)
+                && said.current.len() < MAX_SAID_FRAMES * wire.len()
+            {
+                said.current.extend_from_slice(&wire);
+            }
+            let sent = match &self.twilio {
+                Some(_) => self.send_twilio(|sid| twilio::media(sid, &wire)),
+                None => self.bus.send(self.id, Outbound::Binary(Bytes::from(wire))),
+            };
+            if sent {
                 let s = &self.stats;
                 CallStats::add(&s.frames_out, 1);
                 CallStats::add(&s.bytes_out, len);
@@ -297,19 +398,41 @@ impl Call {
         // Only the playing stream reaches anything: a waiting one's mark (even an empty
         // stream's) comes after the marks of those before it.
         if let Some(s) = self.streams.front_mut() {
+            let before = self.reached.len();
             s.reached(&mut self.reached);
             CallStats::add(&self.stats.stream_underruns, s.take_underruns());
             if s.is_done() {
                 self.streams.pop_front();
             }
+            if let Some(said) = self.said.as_mut() {
+                for r in &self.reached[before..] {
+                    if let Reached::Mark(name) = r {
+                        if said.kept.len() == MAX_SAID {
+                            said.kept.pop_front();
+                        }
+                        said.kept.push_back((name.clone(), std::mem::take(&mut said.current)));
+                    }
+                }
+            }
         }
-        for r in self.reached.drain(..) {
+        let mut reached = std::mem::take(&mut self.reached);
+        for r in reached.drain(..) {
             let event = match r {
+                // On Twilio a mark is sent on the wire and reported when Twilio echoes it.
+                Reached::Mark(name) if self.twilio.is_some() => {
+                    if self.send_twilio(|sid| twilio::mark(sid, &name))
+                        && let Some(t) = self.twilio.as_mut()
+                    {
+                        t.marks.sent(name);
+                    }
+                    continue;
+                }
                 Reached::Mark(name) => MediaEvent::Mark(name),
                 Reached::Finished => MediaEvent::PlayFinished,
             };
             let _ = self.events.send(event);
         }
+        self.reached = reached;
     }
 
     /// The call ends (hang-up or connection closed): close the recording (the returned handle
@@ -391,6 +514,15 @@ mod tests {
     }
 
     fn fixture(codec: CodecName, recorder: Option<Recorder>) -> Fixture {
+        fixture_framed(codec, recorder, Framing::Binary, false)
+    }
+
+    fn fixture_framed(
+        codec: CodecName,
+        recorder: Option<Recorder>,
+        framing: Framing,
+        keep_said_audio: bool,
+    ) -> Fixture {
         let bus = Arc::new(Bus::new());
         let outbox = Arc::new(Outbox::new(1000, 1 << 20));
         let id = bus.register(ConnParts { plugin: "ivr".into(), outbox: outbox.clone(), session: Arc::default() });
@@ -405,6 +537,9 @@ mod tests {
             stats: stats.clone(),
             events: tx,
             recorder,
+            framing,
+            stream_sid: None,
+            keep_said_audio,
         };
         Fixture { call: Call::new(setup), outbox, stats, events }
     }
@@ -424,6 +559,18 @@ mod tests {
                 }
                 _ => panic!("a binary frame"),
             }
+        }
+
+        /// Every text message sent so far, parsed.
+        fn texts(&mut self) -> Vec<serde_json::Value> {
+            let mut out = Vec::new();
+            while self.outbox.queued_frames() > 0 {
+                match block_on(self.outbox.next()) {
+                    Next::Frame(Outbound::Text(t)) => out.push(serde_json::from_slice(&t).unwrap()),
+                    _ => panic!("a text frame"),
+                }
+            }
+            out
         }
 
         fn events(&mut self) -> Vec<MediaEvent> {
@@ -478,6 +625,64 @@ mod tests {
         assert_eq!(f.slot(), None);
         assert_eq!(f.events(), [MediaEvent::Mark("empty".into())], "an empty stream's mark keeps its place");
         assert_eq!(f.stats.stream_underruns.load(Relaxed), 0, "waiting is not starving");
+    }
+
+    #[test]
+    fn twilio_framing_sends_json_media_and_reports_marks_on_echo_only() {
+        use base64::Engine as _;
+        let mut f = fixture_framed(CodecName::Pcmu, None, Framing::Twilio, true);
+        f.call.command(Command::Play(vec![1000; 160].into()));
+        f.call.tick(f.call.deadline());
+        assert!(f.texts().is_empty(), "nothing is sent before `start` names the stream");
+        f.call.set_stream_sid("MZ1".into());
+        let mut w = f.call.open_stream(CodecName::L16, 8000, Some("said-1".into())).unwrap();
+        block_on(async {
+            w.write(&[500; 320]).await.unwrap();
+            w.finish().await.unwrap();
+        });
+        f.call.tick(f.call.deadline());
+        f.call.tick(f.call.deadline());
+        let sent = f.texts();
+        assert_eq!(sent.len(), 3, "two media messages, then the mark: {sent:?}");
+        let audio: Vec<u8> = sent[..2]
+            .iter()
+            .flat_map(|m| {
+                assert_eq!((m["event"].as_str(), m["streamSid"].as_str()), (Some("media"), Some("MZ1")));
+                base64::engine::general_purpose::STANDARD.decode(m["media"]["payload"].as_str().unwrap()).unwrap()
+            })
+            .collect();
+        assert_eq!(audio, vec![super::super::codec::linear_to_ulaw(500); 320]);
+        assert_eq!(sent[2]["mark"]["name"], "said-1");
+        assert!(
+            !f.events().iter().any(|e| matches!(e, MediaEvent::Mark(_))),
+            "a mark is reported when Twilio echoes it, not when sent"
+        );
+        f.call.mark_echoed("said-1");
+        assert_eq!(f.events(), [MediaEvent::Mark("said-1".into())]);
+        assert_eq!(f.call.take_said_audio("said-1"), Some(audio), "what the phone heard");
+        assert_eq!(f.call.take_said_audio("said-1"), None, "taken once");
+
+        // A mark pending at a clear: Twilio's late echo of it is not "played".
+        f.call.command(Command::Play(vec![1; 160].into()));
+        f.call.command(Command::Mark("cut".into()));
+        f.call.tick(f.call.deadline());
+        f.call.command(Command::Clear);
+        let sent = f.texts();
+        assert_eq!(sent.last().unwrap()["event"], "clear");
+        assert_eq!(sent[sent.len() - 2]["mark"]["name"], "cut");
+        f.call.mark_echoed("cut");
+        assert!(!f.events().iter().any(|e| matches!(e, MediaEvent::Mark(_))), "echoed after a clear");
+    }
+
+    #[test]
+    fn fed_caller_audio_reaches_the_taps_not_the_echo() {
+        let mut f = fixture(CodecName::Pcmu, None);
+        let mut tap = f.call.tap(8000).unwrap();
+        f.call.command(Command::Echo(true));
+        f.call.caller_pcm(&[1200; 160]);
+        let frame = block_on(tap.recv()).unwrap();
+        assert_eq!(frame.len(), 160);
+        assert_eq!(f.slot(), None, "not echoed to the caller");
     }
 
     #[test]

@@ -54,6 +54,17 @@ impl CodecName {
     }
 }
 
+/// How a media route's audio travels on its WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// Binary messages of raw audio in the route's codec (ivr.md).
+    #[default]
+    Binary,
+    /// Twilio Media Streams: JSON text messages, base64 mu-law 8 kHz ([`super::twilio`]).
+    Twilio,
+}
+
 /// A session's audio format: codec and sample rate, mono. Internally audio is 16-bit PCM at
 /// this rate in frames of [`FRAME`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

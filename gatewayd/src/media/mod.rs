@@ -30,13 +30,14 @@ pub mod stats;
 pub mod stream_source;
 pub mod tap;
 pub mod threads;
+pub mod twilio;
 
 use crate::bus::{Bus, ConnId};
 use call::{Call, CallSetup, Command};
 use clock::CallCell;
 use codec::{Codec, OPUS_MAX_PACKET};
 use dashmap::DashMap;
-use format::{CodecName, Format};
+use format::{CodecName, Format, Framing};
 use parking_lot::Mutex;
 use stats::CallStats;
 use std::path::PathBuf;
@@ -82,12 +83,31 @@ pub struct PluginMedia {
     pub recordings_dir: Option<PathBuf>,
     /// Record every call from `answer` on.
     pub record_calls: bool,
+    /// Keep utterances' audio for `said-audio`.
+    pub keep_said_audio: bool,
 }
+
+/// What the media engine made of a text message on a media route.
+#[derive(Debug)]
+pub enum TextOutcome {
+    /// The plugin's (`on-text`): binary framing, or a Twilio message other than `media`/`mark`.
+    Plugin,
+    /// Taken by the engine (Twilio `media` or `mark`).
+    Taken,
+    /// A bad Twilio `media`/`mark`, to be reported to the plugin (`frame-rejected`).
+    Rejected(String),
+}
+
+/// Audio handed to a call with `feed-caller-audio`, at most this many bytes per call.
+pub const MAX_FED_BYTES: usize = 1 << 20;
 
 /// A connection on a media route.
 struct Entry {
     plugin: Arc<str>,
     format: Format,
+    framing: Framing,
+    /// The Twilio stream id from `start`, once it came.
+    stream_sid: Mutex<Option<Arc<str>>>,
     events: mpsc::UnboundedSender<MediaEvent>,
     live: Mutex<Option<Live>>,
 }
@@ -149,8 +169,23 @@ impl MediaEngine {
 
     /// Register connection `id` of `plugin` on a media route with wire `format`; media events
     /// go to `events`. The call has no media session until the plugin answers.
-    pub fn register(&self, id: ConnId, plugin: &str, format: Format, events: mpsc::UnboundedSender<MediaEvent>) {
-        self.calls.insert(id, Arc::new(Entry { plugin: plugin.into(), format, events, live: Mutex::new(None) }));
+    pub fn register(
+        &self,
+        id: ConnId,
+        plugin: &str,
+        format: Format,
+        framing: Framing,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) {
+        let entry = Entry {
+            plugin: plugin.into(),
+            format,
+            framing,
+            stream_sid: Mutex::new(None),
+            events,
+            live: Mutex::new(None),
+        };
+        self.calls.insert(id, Arc::new(entry));
     }
 
     /// The media runtime, where calls' connections run.
@@ -195,6 +230,9 @@ impl MediaEngine {
             stats: stats.clone(),
             events: call.events.clone(),
             recorder,
+            framing: call.framing,
+            stream_sid: call.stream_sid.lock().clone(),
+            keep_said_audio: self.plugins.get(plugin).is_some_and(|p| p.keep_said_audio),
         };
         let cell = Arc::new(CallCell::new(Some(Call::new(setup))));
         self.threads.clock().add(cell.clone());
@@ -225,6 +263,84 @@ impl MediaEngine {
         FrameOutcome::Accepted
     }
 
+    /// A text message of connection `id`, if it is a call: on a Twilio route `media` goes to
+    /// the call (dropped and counted before it is answered), a `mark` echo is matched against
+    /// the marks sent, and `start` sets the stream's id and answers the call before the plugin
+    /// sees it (see [`twilio`]).
+    pub fn push_text(&self, id: ConnId, text: &str) -> TextOutcome {
+        let Some(call) = self.calls.get(&id).map(|c| c.clone()) else { return TextOutcome::Plugin };
+        if call.framing != Framing::Twilio {
+            return TextOutcome::Plugin;
+        }
+        match twilio::parse(text) {
+            Ok(twilio::Inbound::Media(audio)) => match self.push_frame(id, &audio) {
+                FrameOutcome::Rejected(reason) => TextOutcome::Rejected(reason),
+                _ => TextOutcome::Taken,
+            },
+            Ok(twilio::Inbound::Mark(name)) => {
+                let _ = self.with_call(id, |c| {
+                    c.mark_echoed(&name);
+                    Ok(())
+                });
+                TextOutcome::Taken
+            }
+            Ok(twilio::Inbound::Start { stream_sid }) => {
+                let sid: Arc<str> = stream_sid.into();
+                *call.stream_sid.lock() = Some(sid.clone());
+                match self.answer(id, &call.plugin) {
+                    Ok(()) => {
+                        let _ = self.with_call(id, |c| {
+                            c.set_stream_sid(sid);
+                            Ok(())
+                        });
+                    }
+                    Err(e) => tracing::warn!(call = id, error = %e, "could not answer a Twilio stream"),
+                }
+                TextOutcome::Plugin
+            }
+            Ok(twilio::Inbound::Other) => TextOutcome::Plugin,
+            Err(reason) => TextOutcome::Rejected(reason),
+        }
+    }
+
+    /// Take the audio of call `id`'s finished utterance with mark `mark` (`said-audio`).
+    pub fn said_audio(&self, id: ConnId, plugin: &str, mark: &str) -> Option<Vec<u8>> {
+        self.call(id, plugin).ok()?;
+        self.with_call(id, |c| Ok(c.take_said_audio(mark))).ok().flatten()
+    }
+
+    /// Hand `audio` (`pcmu`, `pcma` or `l16` little-endian at `rate` Hz) to call `id` as the
+    /// caller's (`feed-caller-audio`): resampled to the call's rate and cut into 20 ms frames
+    /// for its taps and recording. Err: not an answered call of `plugin`, a bad codec, rate or
+    /// length (over [`MAX_FED_BYTES`]).
+    pub fn feed_caller_audio(
+        &self,
+        id: ConnId,
+        plugin: &str,
+        audio: &[u8],
+        codec: &str,
+        rate: u32,
+    ) -> Result<(), String> {
+        let format = self.call(id, plugin)?.format;
+        if audio.len() > MAX_FED_BYTES {
+            return Err(format!("{} bytes of audio; at most {MAX_FED_BYTES} at once", audio.len()));
+        }
+        if !(1..=48_000).contains(&rate) {
+            return Err(format!("rate {rate} Hz is out of range (1..=48000)"));
+        }
+        let samples = decode_linear(audio, codec)?;
+        let samples = resample::resample_clip(&samples, rate, format.rate)?;
+        let n = format.frame_samples();
+        self.with_call(id, |c| {
+            for chunk in samples.chunks(n) {
+                let mut frame = chunk.to_vec();
+                frame.resize(n, 0);
+                c.caller_pcm(&frame);
+            }
+            Ok(())
+        })
+    }
+
     fn command(&self, id: ConnId, plugin: &str, command: Command) -> Result<(), String> {
         let call = self.call(id, plugin)?;
         let live = call.live.lock();
@@ -244,15 +360,7 @@ impl MediaEngine {
     /// Queue raw audio in `codec` at `rate` Hz (`pcmu`, `pcma`, `l16` little-endian).
     pub fn play_bytes(&self, id: ConnId, plugin: &str, audio: &[u8], codec: &str, rate: u32) -> Result<(), String> {
         let session_rate = self.call(id, plugin)?.format.rate;
-        let samples: Vec<i16> = match CodecName::parse(codec) {
-            Some(CodecName::Pcmu) => audio.iter().map(|&b| codec::ulaw_to_linear(b)).collect(),
-            Some(CodecName::Pcma) => audio.iter().map(|&b| codec::alaw_to_linear(b)).collect(),
-            Some(CodecName::L16) if audio.len().is_multiple_of(2) => {
-                audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
-            }
-            Some(CodecName::L16) => return Err("l16 audio must have an even number of bytes".into()),
-            _ => return Err(format!("play-bytes takes pcmu, pcma or l16 audio, not `{codec}`")),
-        };
+        let samples = decode_linear(audio, codec)?;
         if rate == 0 || rate > 192_000 {
             return Err(format!("rate {rate} Hz is out of range"));
         }
@@ -376,6 +484,20 @@ impl MediaEngine {
     }
 }
 
+/// Decode `pcmu`, `pcma` or `l16` (little-endian) bytes to linear samples. Err: another codec,
+/// or L16 with an odd number of bytes.
+fn decode_linear(audio: &[u8], codec: &str) -> Result<Vec<i16>, String> {
+    Ok(match CodecName::parse(codec) {
+        Some(CodecName::Pcmu) => audio.iter().map(|&b| codec::ulaw_to_linear(b)).collect(),
+        Some(CodecName::Pcma) => audio.iter().map(|&b| codec::alaw_to_linear(b)).collect(),
+        Some(CodecName::L16) if audio.len().is_multiple_of(2) => {
+            audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+        }
+        Some(CodecName::L16) => return Err("l16 audio must have an even number of bytes".into()),
+        _ => return Err(format!("audio must be pcmu, pcma or l16, not `{codec}`")),
+    })
+}
+
 /// Is a caller frame of `len` bytes acceptable for `format`?
 /// A caller chunk must hold whole samples (G.711: any non-empty chunk; L16: an even number of
 /// bytes) or, for Opus, be one packet.
@@ -435,7 +557,7 @@ mod tests {
             .unwrap(),
         );
         let (tx, mut events) = mpsc::unbounded_channel();
-        engine.register(id, "ivr", Format::new(CodecName::Pcmu, 8000).unwrap(), tx);
+        engine.register(id, "ivr", Format::new(CodecName::Pcmu, 8000).unwrap(), Framing::Binary, tx);
         assert!(engine.tap(id, 16000).unwrap_err().contains("not answered"));
         assert!(engine.tap(id + 1, 16000).is_err() && engine.open_stream(id + 1, "l16", 8000, None).is_err());
         engine.answer(id, "ivr").unwrap();

@@ -195,6 +195,11 @@ impl StreamWriter {
 }
 
 impl StreamSource {
+    /// The stream carries a mark it has not reached yet.
+    pub fn has_mark(&self) -> bool {
+        self.mark.is_some()
+    }
+
     /// The stream has ended and its end (mark) was reported: the call can forget it.
     pub fn is_done(&self) -> bool {
         self.done

@@ -1,6 +1,7 @@
 //! Plain HTTP requests routed to a plugin's `on-http`.
 
-use super::{Route, json_error};
+use super::{Route, TWILIO_REFUSAL, TWILIO_SIGNATURE, json_error};
+use crate::auth_twilio::PUBLIC_BASE_URL_HEADER;
 use crate::config::ListenerConfig;
 use crate::plugins::{Event, HttpRequest, Session};
 use bytes::Bytes;
@@ -40,6 +41,7 @@ pub(super) async fn dispatch(
         return too_large();
     }
     let (parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let read = tokio::time::timeout(
         Duration::from_millis(limits.body_timeout_ms),
         Limited::new(body, max_body_bytes).collect(),
@@ -59,13 +61,34 @@ pub(super) async fn dispatch(
             return response;
         }
     };
+    if let Some(signer) = &route.twilio {
+        let header = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let form =
+            header(hyper::header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+        if !signer.check_http(
+            &path_and_query,
+            form,
+            &body,
+            header(hyper::header::HeaderName::from_static(TWILIO_SIGNATURE)),
+        ) {
+            tracing::info!(route = %route.name, %remote, "Twilio signature refused");
+            return json_error(StatusCode::FORBIDDEN, "bad_signature", TWILIO_REFUSAL);
+        }
+    }
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION && name.as_str() != REMOTE_ADDR_HEADER)
+        .filter(|(name, _)| {
+            *name != hyper::header::AUTHORIZATION
+                && name.as_str() != REMOTE_ADDR_HEADER
+                && name.as_str() != PUBLIC_BASE_URL_HEADER
+        })
         .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
         .collect();
     headers.push((REMOTE_ADDR_HEADER.to_string(), remote.to_string()));
+    if let Some(signer) = &route.twilio {
+        headers.push((PUBLIC_BASE_URL_HEADER.to_string(), signer.base().to_string()));
+    }
     let request = HttpRequest { method: parts.method.as_str().to_string(), path, query, headers, body, claims };
     let (result, _) = route.plugin.dispatch(Event::Http(request), Session::default()).await;
     match result {

@@ -39,6 +39,8 @@ struct Route {
     media: Option<websocket::MediaRoute>,
     /// Close code for a refused token after the upgrade (`RouteConfig::refused_token_close`).
     refused_token_close: Option<u16>,
+    /// `twilio_signature = true`: every request must carry Twilio's signature.
+    twilio: Option<Arc<crate::auth_twilio::Signer>>,
 }
 
 impl Route {
@@ -94,7 +96,23 @@ fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> 
                 tracing::warn!(route = %r.path, plugin = %r.plugin, "route skipped: its plugin is not loaded");
                 return None;
             };
+            let twilio = match (r.twilio_signature, &config.twilio) {
+                (false, _) => None,
+                (true, Some(t)) => match crate::auth_twilio::Signer::new(t) {
+                    Ok(signer) => Some(Arc::new(signer)),
+                    Err(e) => {
+                        // Never serve a signed route unchecked.
+                        tracing::error!(route = %r.path, error = %e, "route skipped: [twilio] does not load");
+                        return None;
+                    }
+                },
+                (true, None) => {
+                    tracing::error!(route = %r.path, "route skipped: twilio_signature needs [twilio]");
+                    return None;
+                }
+            };
             Some(Route {
+                twilio,
                 name: r.name.clone().unwrap_or_else(|| r.path.clone()),
                 path: r.path.clone(),
                 prefix: r.prefix,
@@ -103,6 +121,7 @@ fn routes_for(listener: &str, config: &Config, runtime: &Runtime) -> Vec<Route> 
                 plugin: plugin.clone(),
                 media: r.media.map(|m| websocket::MediaRoute {
                     format: m.format().expect("validated: media format"),
+                    framing: m.framing,
                     speech: r.speech.clone(),
                 }),
                 refused_token_close: r.refused_token_close,
@@ -317,6 +336,11 @@ where
 }
 
 /// A JSON error response: `{"error": code, "message": message}`.
+/// Twilio's request signature header.
+pub(crate) const TWILIO_SIGNATURE: &str = "x-twilio-signature";
+/// The body of a refused signature's 403 (nothing about the expected value).
+pub(crate) const TWILIO_REFUSAL: &str = "missing or invalid X-Twilio-Signature";
+
 pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({"error": code, "message": message}).to_string();
     Response::builder()
@@ -413,6 +437,14 @@ async fn handle(
         RouteKind::Websocket => {
             if !fastwebsockets::upgrade::is_upgrade_request(&req) {
                 return json_error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "this endpoint speaks WebSocket");
+            }
+            if let Some(signer) = &route.twilio {
+                let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let header = req.headers().get(TWILIO_SIGNATURE).and_then(|v| v.to_str().ok());
+                if !signer.check_upgrade(path_and_query, header) {
+                    tracing::info!(route = %route.name, %remote, "Twilio signature refused");
+                    return json_error(StatusCode::FORBIDDEN, "bad_signature", TWILIO_REFUSAL);
+                }
             }
             let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
                 Ok(parts) => parts,

@@ -13,7 +13,7 @@ use super::guard::{FrameGuard, Violation};
 use super::limits::{AddressPermit, CloseReason, EdgeMetrics, Permit};
 use crate::bus::{Bus, ConnParts, Next, Outbound, Outbox, SessionCell};
 use crate::config::ListenerConfig;
-use crate::media::{FrameOutcome, MediaEvent};
+use crate::media::{FrameOutcome, MediaEvent, TextOutcome};
 use crate::plugins::{ConnectInfo, Event, Fault, Plugin};
 use crate::server::tls::TlsStream;
 use bytes::Bytes;
@@ -51,6 +51,8 @@ pub struct Accepted {
 pub struct MediaRoute {
     /// The wire audio format.
     pub format: crate::media::format::Format,
+    /// How the audio travels on the socket (binary messages or Twilio's JSON).
+    pub framing: crate::media::format::Framing,
     /// The route's `speech` choice over `[speech]`.
     pub speech: crate::config::SpeechChoice,
 }
@@ -288,7 +290,7 @@ async fn run<S, R, W>(
 fn media_events(id: u64, route: MediaRoute, events: &Events) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let services = events.plugin.services();
-    services.media.register(id, events.plugin.name(), route.format, tx);
+    services.media.register(id, events.plugin.name(), route.format, route.framing, tx);
     services.speech.register(id, events.plugin.name(), route.speech);
     let events = events.clone();
     tokio::spawn(async move {
@@ -322,6 +324,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(frame) => match frame.opcode {
                 // FragmentCollectorRead guarantees complete, valid UTF-8 text messages.
                 OpCode::Text => match String::from_utf8(Vec::from(frame.payload)) {
+                    Ok(text) if media => match events.plugin.services().media.push_text(id, &text) {
+                        TextOutcome::Plugin => Event::Text(id, text),
+                        TextOutcome::Taken => continue,
+                        TextOutcome::Rejected(reason) => Event::Media(id, MediaEvent::FrameRejected(reason)),
+                    },
                     Ok(text) => Event::Text(id, text),
                     Err(_) => return fail(rd, outbox, 1007, "invalid UTF-8").await,
                 },

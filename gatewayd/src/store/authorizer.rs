@@ -31,7 +31,7 @@ use std::sync::{Arc, LazyLock, Once};
 use libsqlite3_sys as ffi;
 
 /// Daemon tables every plugin with the `store` capability may read: tenancy (signaling.md).
-pub const SHARED: &[&str] = &["businesses", "departments", "agents", "agent_memberships"];
+pub const SHARED: &[&str] = &["businesses", "departments", "agents", "agent_memberships", "business_numbers"];
 
 /// SQL functions no plugin may call (files, extensions, tokenizer pointers).
 const FORBIDDEN_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"];

@@ -87,16 +87,37 @@ pub async fn add_membership(
     .await
 }
 
+/// Map phone `number` (E.164, as Twilio sends `To`) to `business`: calls to it are that
+/// business's (telephony.md).
+pub async fn add_number(store: &Store, number: &str, business: &str) -> anyhow::Result<()> {
+    if !number.starts_with('+') || number.len() < 3 || !number[1..].bytes().all(|b| b.is_ascii_digit()) {
+        bail!("number {number} is not E.164 (+ and digits, e.g. +14155550100)");
+    }
+    if !exists(store, "businesses", business).await? {
+        bail!("business {business} does not exist");
+    }
+    insert(
+        store,
+        "number",
+        number,
+        "INSERT INTO business_numbers (number, business_id) VALUES ($1, $2)",
+        vec![text(number), text(business)],
+    )
+    .await
+}
+
 /// Delete a row by id from one of the tenancy tables (memberships and departments cascade).
 pub async fn remove(store: &Store, table: &str, id: &str) -> anyhow::Result<()> {
     let table_name = match table {
         "business" => "businesses",
         "department" => "departments",
         "agent" => "agents",
+        "number" => "business_numbers",
         other => bail!("unknown kind {other}"),
     };
+    let key = if table == "number" { "number" } else { "id" };
     let n =
-        store.execute(&format!("DELETE FROM {table_name} WHERE id = $1"), vec![text(id)], Access::ReadWrite).await?;
+        store.execute(&format!("DELETE FROM {table_name} WHERE {key} = $1"), vec![text(id)], Access::ReadWrite).await?;
     if n == 0 {
         bail!("{table} {id} does not exist");
     }
@@ -132,7 +153,7 @@ pub async fn list(store: &Store) -> anyhow::Result<Json> {
     };
     let mut out = serde_json::Map::new();
     for (key, sql, cols) in [
-        ("businesses", "SELECT id, name FROM businesses ORDER BY id", &["id", "name"][..]),
+        ("businesses", "SELECT id, name, tenant_id FROM businesses ORDER BY id", &["id", "name", "tenant_id"][..]),
         (
             "departments",
             "SELECT id, business_id, name FROM departments ORDER BY id",
@@ -144,6 +165,7 @@ pub async fn list(store: &Store) -> anyhow::Result<Json> {
             "SELECT agent_id, business_id, department_id FROM agent_memberships ORDER BY agent_id, business_id",
             &["agent_id", "business_id", "department_id"][..],
         ),
+        ("numbers", "SELECT number, business_id FROM business_numbers ORDER BY number", &["number", "business_id"][..]),
     ] {
         let rows = store.query(sql, vec![], Access::ReadWrite).await.with_context(|| format!("listing {key}"))?;
         let items: Vec<Json> = rows
@@ -182,6 +204,11 @@ pub async fn import(store: &Store, doc: &Json) -> anyhow::Result<usize> {
             "memberships",
             "INSERT INTO agent_memberships (agent_id, business_id, department_id) VALUES ($1, $2, $3)",
             &["agent_id", "business_id", "department_id"][..],
+        ),
+        (
+            "numbers",
+            "INSERT INTO business_numbers (number, business_id) VALUES ($1, $2)",
+            &["number", "business_id"][..],
         ),
     ] {
         for item in doc.get(key).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default() {

@@ -63,6 +63,14 @@ impl media::Host for HostState {
         self.services.speech.stop_transcribing(id, &self.name)
     }
 
+    fn said_audio(&mut self, id: ConnId, mark: String) -> Option<Vec<u8>> {
+        self.services.media.said_audio(id, &self.name, &mark)
+    }
+
+    fn feed_caller_audio(&mut self, id: ConnId, audio: Vec<u8>, codec: String, rate: u32) -> Result<(), String> {
+        self.services.media.feed_caller_audio(id, &self.name, &audio, &codec, rate)
+    }
+
     fn say(&mut self, id: ConnId, text: String, options: media::SayOptions) -> Result<(), String> {
         let options =
             crate::speech::calls::SayOptions { provider: options.provider, voice: options.voice, mark: options.mark };
