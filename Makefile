@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo stt-deepgram tts-elevenlabs tts-openai legacy-protocol
+PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo stt-deepgram tts-elevenlabs tts-openai legacy-protocol twilio
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 # Autobahn|Testsuite (WebSocket conformance, tests/tests/autobahn.rs) needs Python 2.7: the
