@@ -12,6 +12,9 @@
 //! - `ivr`: N concurrent IVR calls in echo mode: frame delay, late frames, CPU and memory per call.
 //! - `speech`: N concurrent calls transcribed by a fake Deepgram and spoken to by a fake
 //!   ElevenLabs: frame -> vendor and vendor -> caller latency, CPU and memory per call.
+//! - `twilio`: play Twilio against a running daemon: one call (signed webhook, TwiML, Media
+//!   Stream with real-time audio, marks, clear, dashboard, status callback), or N concurrent
+//!   calls measuring the gateway's frame jitter and losses.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
@@ -23,6 +26,7 @@ mod report;
 mod rooms;
 mod signaling;
 mod speech;
+mod twilio;
 
 use clap::{Parser, Subcommand};
 
@@ -67,6 +71,9 @@ enum Command {
     /// Speech load: N concurrent calls with live transcription and a spoken reply, against
     /// fake vendors started in this process.
     Speech(speech::SpeechArgs),
+    /// Play Twilio against a running gatewayd: one call by hand or for tests (default), or
+    /// `--calls N --secs S` concurrent calls measuring frame jitter and losses.
+    Twilio(Box<twilio::TwilioArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             Command::Rooms(a) => rooms::run(a).await,
             Command::Ivr(a) => ivr::run(a).await,
             Command::Speech(a) => speech::run(a).await,
+            Command::Twilio(a) => twilio::run(*a).await,
         }
     })
 }

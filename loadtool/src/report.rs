@@ -21,6 +21,19 @@ impl Latencies {
         self.0.add(&other.0).expect("same bounds");
     }
 
+    /// Count, p50, p90, p99, p99.9 and max in µs, as JSON (`{"count":…,"p50_us":…,…}`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let us = |v: u64| (v as f64 / 100.0).round() / 10.0;
+        serde_json::json!({
+            "count": self.0.len(),
+            "p50_us": us(self.0.value_at_quantile(0.50)),
+            "p90_us": us(self.0.value_at_quantile(0.90)),
+            "p99_us": us(self.0.value_at_quantile(0.99)),
+            "p999_us": us(self.0.value_at_quantile(0.999)),
+            "max_us": us(self.0.max()),
+        })
+    }
+
     /// Print p50, p90, p99, p99.9 and max of `name` in µs.
     pub fn print(&self, name: &str) {
         println!("{name}_count: {}", self.0.len());
