@@ -248,9 +248,14 @@ pub struct Daemon {
     pub database_url: String,
     _pg: Option<PgDatabase>,
     nofile_limit: Option<u64>,
+    /// Extra environment of the daemon (and of [`Daemon::cli`] commands on its config).
+    env: Vec<(String, String)>,
 }
 
 /// A temporary directory removed on drop (tiny; avoids a dependency).
+pub mod speech_providers;
+pub mod twilio;
+
 pub mod tempdir {
     use std::path::{Path, PathBuf};
 
@@ -388,13 +393,15 @@ fail_init = false
             log_reader: None,
             _pg: pg,
             nofile_limit: opts.nofile_limit,
+            env: opts.env.clone(),
         };
-        daemon.spawn(&opts.env)?;
+        daemon.spawn()?;
         daemon.wait_ready().await?;
         Ok(daemon)
     }
 
-    fn spawn(&mut self, env: &[(String, String)]) -> Result<()> {
+    fn spawn(&mut self) -> Result<()> {
+        let env = self.env.clone();
         let mut command = match self.nofile_limit {
             None => Command::new(gatewayd_bin()),
             Some(n) => {
@@ -459,7 +466,12 @@ fail_init = false
     /// Run a `gatewayd` subcommand against this daemon's config; returns stdout, or an error
     /// with stderr when the command fails.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(gatewayd_bin()).arg("--config").arg(&self.config_path).args(args).output()?;
+        let out = Command::new(gatewayd_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()?;
         if !out.status.success() {
             bail!("gatewayd {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
@@ -493,7 +505,7 @@ fail_init = false
     /// Start the daemon again on the same config, state and port (after [`Daemon::stop`]).
     pub async fn restart(&mut self) -> Result<()> {
         self.logs.lock().unwrap().clear();
-        self.spawn(&[])?;
+        self.spawn()?;
         self.wait_ready().await
     }
 
@@ -505,7 +517,7 @@ fail_init = false
             child.wait()?;
         }
         self.logs.lock().unwrap().clear();
-        self.spawn(&[])?;
+        self.spawn()?;
         self.wait_ready().await
     }
 

@@ -10,16 +10,13 @@
 //! must reach the plugin as `stt_error` / `tts_error`, a host outside the allowlist is refused,
 //! a provider swapped by hot reload leaves a running stream alone, and no API key is logged.
 
-use gatewayd_e2e::{Client, Daemon, DaemonOptions, Incoming, PATIENCE, metric, plugin_file};
+use gatewayd_e2e::speech_providers::{fakes, providers};
+use gatewayd_e2e::{Client, Daemon, DaemonOptions, Incoming, PATIENCE, metric};
 use gatewayd_fake_vendors::deepgram::{DeepgramFake, DeepgramScript};
 use gatewayd_fake_vendors::tts::{TtsFake, TtsScript, TtsVendor};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// API keys: distinctive, so a leak into the daemon's log is found.
-const DEEPGRAM_KEY: &str = "dg-secret-4f1d9c2b7e";
-const ELEVEN_KEY: &str = "xi-secret-8a3e5b1c90";
-const OPENAI_KEY: &str = "sk-secret-2b7d4e6f13";
 /// Bytes of one 20 ms mu-law frame at 8000 Hz.
 const FRAME: usize = 160;
 /// Mu-law silence.
@@ -29,9 +26,7 @@ const SILENCE: u8 = 0xFF;
 /// at the fakes: `deepgram`, `elevenlabs` (the `[speech]` defaults) and `openai`;
 /// `deepgram_config` is added to the Deepgram provider's config table.
 async fn daemon(dg: &DeepgramFake, eleven: &TtsFake, openai: &TtsFake, deepgram_config: &str) -> Daemon {
-    let dir = gatewayd_e2e::tempdir::TempDir::new("gatewayd-speech-ca");
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, format!("{}\n{}\n{}", dg.ca_pem, eleven.ca_pem, openai.ca_pem)).unwrap();
+    let providers = providers(dg, eleven, openai, deepgram_config);
     let extra = format!(
         r#"
 [[routes]]
@@ -49,68 +44,15 @@ kind = "websocket"
 plugin = "fault-test"
 auth = "none"
 media = {{ codec = "l16", rate = 8000 }}
-
-[network]
-extra_ca_file = "{ca}"
-
-[speech]
-stt = "deepgram"
-tts = "elevenlabs"
-
-[plugins.deepgram]
-file = "{stt}"
-[plugins.deepgram.capabilities]
-connect = ["{dg}"]
-secret_env = {{ api_key = "TEST_DEEPGRAM_KEY" }}
-[plugins.deepgram.config]
-base_url = "{dg_url}"
-{deepgram_config}
-
-[plugins.elevenlabs]
-file = "{eleven_file}"
-[plugins.elevenlabs.capabilities]
-connect = ["{eleven}"]
-secret_env = {{ api_key = "TEST_ELEVEN_KEY" }}
-[plugins.elevenlabs.config]
-base_url = "{eleven_url}"
-default_voice = "test-voice"
-
-[plugins.openai]
-file = "{openai_file}"
-[plugins.openai.capabilities]
-connect = ["{openai}"]
-secret_env = {{ api_key = "TEST_OPENAI_KEY" }}
-[plugins.openai.config]
-base_url = "{openai_url}"
-"#,
-        ca = ca.display(),
-        stt = plugin_file("stt-deepgram").display(),
-        dg = dg.addr,
-        dg_url = dg.base_url(),
-        eleven_file = plugin_file("tts-elevenlabs").display(),
-        eleven = eleven.addr,
-        eleven_url = eleven.base_url(),
-        openai_file = plugin_file("tts-openai").display(),
-        openai = openai.addr,
-        openai_url = openai.base_url(),
+{}"#,
+        providers.toml
     );
-    let env = vec![
-        ("TEST_DEEPGRAM_KEY".to_string(), DEEPGRAM_KEY.to_string()),
-        ("TEST_ELEVEN_KEY".to_string(), ELEVEN_KEY.to_string()),
-        ("TEST_OPENAI_KEY".to_string(), OPENAI_KEY.to_string()),
-    ];
-    let d = Daemon::start(DaemonOptions { extra_toml: extra, env, ..Default::default() }).await.expect("daemon");
+    let d = Daemon::start(DaemonOptions { extra_toml: extra, env: providers.env.clone(), ..Default::default() })
+        .await
+        .expect("daemon");
     // The CA file must outlive the daemon's start only (it is read at start and on reload).
-    std::mem::forget(dir);
+    std::mem::forget(providers.ca_dir);
     d
-}
-
-/// The fakes, with the test keys.
-async fn fakes(dg: DeepgramScript, tts: TtsScript) -> (DeepgramFake, TtsFake, TtsFake) {
-    let dg = DeepgramFake::start(DeepgramScript { key: DEEPGRAM_KEY.into(), ..dg }).await;
-    let eleven = TtsFake::start(TtsVendor::ElevenLabs, TtsScript { key: ELEVEN_KEY.into(), ..tts.clone() }).await;
-    let openai = TtsFake::start(TtsVendor::OpenAi, TtsScript { key: OPENAI_KEY.into(), ..tts }).await;
-    (dg, eleven, openai)
 }
 
 /// A call: connected to `/ws/call/` and answered.
@@ -228,10 +170,7 @@ fn finals(events: &[Value]) -> Vec<String> {
 }
 
 fn assert_no_key_logged(d: &Daemon) {
-    let logs = d.logs().join("\n");
-    for key in [DEEPGRAM_KEY, ELEVEN_KEY, OPENAI_KEY] {
-        assert!(!logs.contains(key), "an API key appears in the daemon's log");
-    }
+    gatewayd_e2e::speech_providers::assert_no_key_logged(&d.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
