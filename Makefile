@@ -10,6 +10,8 @@ BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 # pyenv interpreter of these machines, with a virtualenv outside the clone.
 PYTHON27 ?= /root/.pyenv/versions/2.7.18/bin/python
 AUTOBAHN_VENV ?= /var/cache/gatewayd-ci/autobahn-venv
+# Twilio's helper library (the signature cross-check of tests/tests/telephony.rs).
+TWILIO_VENV ?= /var/cache/gatewayd-ci/twilio-venv
 # cargo-fuzz (make fuzz): every target for FUZZ_SECONDS, built into its own target directory.
 FUZZ_SECONDS ?= 300
 FUZZ_TARGET_DIR ?= /var/cache/gatewayd-fuzz
@@ -27,7 +29,8 @@ setup:
 # Autobahn|Testsuite's wstest (pinned in tests/autobahn/requirements.txt; reinstalled only
 # when the pins change), and for the chaos tests the PostgreSQL server binaries (initdb,
 # pg_ctl: a server of the test's own), runuser and mount (util-linux: run them as `postgres`,
-# mount a small tmpfs; run as root).
+# mount a small tmpfs; run as root), and Twilio's helper library from PyPI (telephony
+# signature cross-check; pinned in tests/assets/telephony/requirements.txt).
 test-setup:
 	@test -x $(PYTHON27) || { echo "Python 2.7 ($(PYTHON27)) is required for Autobahn|Testsuite; set PYTHON27" >&2; exit 1; }
 	@cmp -s tests/autobahn/requirements.txt $(AUTOBAHN_VENV)/requirements.txt && test -x $(AUTOBAHN_VENV)/bin/wstest || { \
@@ -37,6 +40,11 @@ test-setup:
 		$(AUTOBAHN_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r tests/autobahn/requirements.txt && \
 		$(AUTOBAHN_VENV)/bin/wstest --autobahnversion >/dev/null && \
 		cp tests/autobahn/requirements.txt $(AUTOBAHN_VENV)/requirements.txt; }
+	@cmp -s tests/assets/telephony/requirements.txt $(TWILIO_VENV)/requirements.txt && test -x $(TWILIO_VENV)/bin/python || { \
+		echo "installing Twilio's helper library into $(TWILIO_VENV)"; \
+		rm -rf $(TWILIO_VENV) && python3 -m venv $(TWILIO_VENV) && \
+		$(TWILIO_VENV)/bin/pip install -q --disable-pip-version-check -r tests/assets/telephony/requirements.txt && \
+		cp tests/assets/telephony/requirements.txt $(TWILIO_VENV)/requirements.txt; }
 	@{ command -v chromium && command -v chromedriver && command -v systemd-analyze; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver systemd; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v runuser && command -v mount; } >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql util-linux mount; }
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start || true
@@ -61,7 +69,7 @@ check: build
 	$(BIN_DIR)/gatewayd check --config config/gatewayd.toml
 
 test: build test-setup
-	GATEWAYD_WSTEST=$(AUTOBAHN_VENV)/bin/wstest $(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol --exclude gatewayd-echo --exclude gatewayd-legacy-protocol
+	GATEWAYD_WSTEST=$(AUTOBAHN_VENV)/bin/wstest GATEWAYD_TWILIO_PYTHON=$(TWILIO_VENV)/bin/python $(CARGO) test --release --workspace --exclude gatewayd-signaling --exclude gatewayd-fault-test --exclude gatewayd-chat --exclude gatewayd-rooms --exclude gatewayd-ivr --exclude gatewayd-ivr-menu --exclude gatewayd-ivr-protocol --exclude gatewayd-echo --exclude gatewayd-legacy-protocol
 	$(CARGO) test --release -p gatewayd-signaling --lib
 	$(CARGO) test --release -p gatewayd-chat --lib
 	$(CARGO) test --release -p gatewayd-rooms --lib

@@ -255,6 +255,7 @@ pub struct Daemon {
 /// A temporary directory removed on drop (tiny; avoids a dependency).
 pub mod speech_providers;
 pub mod twilio;
+pub mod webdriver;
 
 pub mod tempdir {
     use std::path::{Path, PathBuf};

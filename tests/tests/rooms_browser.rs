@@ -6,149 +6,45 @@
 //!
 //! Needs `chromium` and `chromium-driver` (`.ci/run` installs them); fails when they are missing.
 
+use gatewayd_e2e::webdriver::{Driver, Page};
 use gatewayd_e2e::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAGE: &str = include_str!("../assets/rooms_page.html");
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Fake audio devices, granted without asking, and ICE over loopback.
+const MEDIA_ARGS: &[&str] =
+    &["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection"];
 
-/// A `chromedriver` process, killed on drop.
-struct Driver {
-    child: Child,
-    addr: SocketAddr,
+/// The events the test page recorded (`window.events`).
+async fn events(page: &Page<'_>) -> Vec<Value> {
+    page.run("return window.events;", json!([])).await.as_array().cloned().unwrap_or_default()
 }
 
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Wait (up to [`PATIENCE`]) until an event satisfies `pred`; fails with the page's events.
+async fn wait_event(page: &Page<'_>, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    page.wait_for(what, "return window.events;", |events| {
+        events.as_array().and_then(|events| events.iter().find(|e| pred(e))).cloned()
+    })
+    .await
 }
 
-impl Driver {
-    async fn start() -> Driver {
-        for bin in [CHROMIUM, CHROMEDRIVER] {
-            assert!(
-                std::path::Path::new(bin).is_file(),
-                "{bin} is missing: install it with `apt-get install -y chromium chromium-driver` (.ci/run does)"
-            );
+/// Wait (up to [`PATIENCE`]) for ICE `connected` or `completed`; fails at once on `failed`.
+async fn wait_ice_connected(page: &Page<'_>) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let state = page.run("return window.ice;", json!([])).await.as_str().unwrap_or("").to_string();
+        if state == "connected" || state == "completed" {
+            return state;
         }
-        let port = free_port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let driver = Driver { child, addr };
-        for _ in 0..100 {
-            if let Ok(r) = http_request(addr, "GET", "/status", None, None).await
-                && r.body["value"]["ready"] == true
-            {
-                return driver;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("chromedriver did not become ready on {addr}");
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let r = http_request(self.addr, method, path, None, body.as_ref()).await.expect("webdriver request");
-        assert_eq!(r.status, 200, "webdriver {method} {path}: {}", r.body);
-        r.body["value"].clone()
-    }
-
-    /// A new headless Chromium with fake audio devices and its own profile directory.
-    async fn browser(&self, profile: &std::path::Path) -> Page<'_> {
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream",
-            "--allow-loopback-in-peer-connection",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .chain([format!("--user-data-dir={}", profile.display())])
-        .collect::<Vec<_>>();
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
-        }}});
-        let v = self.call("POST", "/session", Some(caps)).await;
-        Page { driver: self, session: v["sessionId"].as_str().expect("sessionId").to_string() }
-    }
-}
-
-/// One browser session showing the test page.
-struct Page<'a> {
-    driver: &'a Driver,
-    session: String,
-}
-
-impl Page<'_> {
-    async fn goto(&self, url: &str) {
-        self.driver.call("POST", &format!("/session/{}/url", self.session), Some(json!({"url": url}))).await;
-    }
-
-    async fn run(&self, script: &str, args: Value) -> Value {
-        self.driver
-            .call(
-                "POST",
-                &format!("/session/{}/execute/sync", self.session),
-                Some(json!({"script": script, "args": args})),
-            )
-            .await
-    }
-
-    async fn events(&self) -> Vec<Value> {
-        self.run("return window.events;", json!([])).await.as_array().cloned().unwrap_or_default()
-    }
-
-    /// Wait (up to 30 s) until an event satisfies `pred`; fails with the page's events.
-    async fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let events = self.events().await;
-            if let Some(e) = events.iter().find(|e| pred(e)) {
-                return e.clone();
-            }
-            assert!(Instant::now() < deadline, "no {what} within 30 s; page events: {events:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Wait (up to 30 s) for ICE `connected` or `completed`.
-    async fn wait_ice_connected(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let state = self.run("return window.ice;", json!([])).await.as_str().unwrap_or("").to_string();
-            if state == "connected" || state == "completed" {
-                return state;
-            }
-            assert!(
-                Instant::now() < deadline && state != "failed",
-                "ICE state {state} after 30 s; page events: {:?}",
-                self.events().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn close(self) {
-        self.driver.call("DELETE", &format!("/session/{}", self.session), None).await;
+        assert!(
+            Instant::now() < deadline && state != "failed",
+            "ICE state {state} after {PATIENCE:?}; page events: {:?}",
+            events(page).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -216,30 +112,30 @@ async fn two_browsers_connect_through_a_room() {
 
     let driver = Driver::start().await;
     let profiles = tempdir::TempDir::new("gatewayd-chromium");
-    let alpha = driver.browser(&profiles.path().join("alpha")).await;
-    let beta = driver.browser(&profiles.path().join("beta")).await;
+    let alpha = driver.browser(&profiles.path().join("alpha"), MEDIA_ARGS).await;
+    let beta = driver.browser(&profiles.path().join("beta"), MEDIA_ARGS).await;
     for p in [&alpha, &beta] {
         p.goto(&page_url).await;
     }
 
     alpha.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url(2), room, "alpha"])).await;
-    let ja = alpha.wait_event("room:joined", |e| e["type"] == "room:joined").await;
+    let ja = wait_event(&alpha, "room:joined", |e| e["type"] == "room:joined").await;
     beta.run("window.start(arguments[0], arguments[1], arguments[2]);", json!([ws_url(3), room, "beta"])).await;
-    let jb = beta.wait_event("room:joined", |e| e["type"] == "room:joined").await;
+    let jb = wait_event(&beta, "room:joined", |e| e["type"] == "room:joined").await;
     let (pa, pb) = (ja["participantId"].clone(), jb["participantId"].clone());
 
     // alpha offers to beta on room:participant-joined; the answer and ICE go back through the
     // gateway until both peers are connected.
-    let offer = beta.wait_event("webrtc:offer", |e| e["type"] == "webrtc:offer").await;
+    let offer = wait_event(&beta, "webrtc:offer", |e| e["type"] == "webrtc:offer").await;
     assert_eq!(offer["fromParticipantId"], pa);
     assert!(offer["offer"]["sdp"].as_str().unwrap().contains("m=audio"));
-    let answer = alpha.wait_event("webrtc:answer", |e| e["type"] == "webrtc:answer").await;
+    let answer = wait_event(&alpha, "webrtc:answer", |e| e["type"] == "webrtc:answer").await;
     assert_eq!(answer["fromParticipantId"], pb);
-    let a_state = alpha.wait_ice_connected().await;
-    let b_state = beta.wait_ice_connected().await;
+    let a_state = wait_ice_connected(&alpha).await;
+    let b_state = wait_ice_connected(&beta).await;
     eprintln!("ICE: alpha {a_state}, beta {b_state}");
     for p in [&alpha, &beta] {
-        let candidate = p.wait_event("webrtc:ice-candidate", |e| e["type"] == "webrtc:ice-candidate").await;
+        let candidate = wait_event(p, "webrtc:ice-candidate", |e| e["type"] == "webrtc:ice-candidate").await;
         assert!(candidate["candidate"]["candidate"].as_str().unwrap().starts_with("candidate:"));
     }
     let listed =
@@ -250,14 +146,14 @@ async fn two_browsers_connect_through_a_room() {
 
     // alpha leaves: beta sees it. beta, the last one, leaves: the room closes.
     alpha.run("window.leave();", json!([])).await;
-    let left = beta.wait_event("room:participant-left", |e| e["type"] == "room:participant-left").await;
+    let left = wait_event(&beta, "room:participant-left", |e| e["type"] == "room:participant-left").await;
     assert_eq!(left, json!({"type": "room:participant-left", "participantId": pa, "reason": "user_left"}));
     beta.run("window.leave();", json!([])).await;
-    let closed = beta.wait_event("room:closed", |e| e["type"] == "room:closed").await;
+    let closed = wait_event(&beta, "room:closed", |e| e["type"] == "room:closed").await;
     assert_eq!(closed, json!({"type": "room:closed", "roomId": room, "reason": "all_participants_left"}));
     for p in [&alpha, &beta] {
         let errors: Vec<Value> =
-            p.events().await.into_iter().filter(|e| e["type"] == "page-error" || e["type"] == "room:error").collect();
+            events(p).await.into_iter().filter(|e| e["type"] == "page-error" || e["type"] == "room:error").collect();
         assert!(errors.is_empty(), "{errors:?}");
     }
     alpha.close().await;

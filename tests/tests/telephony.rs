@@ -35,9 +35,14 @@ struct Setup {
 /// A daemon on `db` with the twilio plugin (welcome message `welcome`), the fake vendors
 /// (`tts` script), and two tenants: Acme (number, agent 720) and Globex (agent 721).
 async fn setup(db: Db, welcome: &str, tts: TtsScript) -> Setup {
+    setup_with(db, welcome, tts, "").await
+}
+
+/// [`setup`] with `plugin_config` added to `[plugins.twilio.config]`.
+async fn setup_with(db: Db, welcome: &str, tts: TtsScript, plugin_config: &str) -> Setup {
     let (dg, eleven, openai) = fakes(DeepgramScript::default(), tts).await;
     let providers = providers(&dg, &eleven, &openai, "");
-    let extra = format!("{}\n{}", twilio::toml(welcome, ""), providers.toml);
+    let extra = format!("{}\n{}", twilio::toml(welcome, plugin_config), providers.toml);
     let d = Daemon::start(DaemonOptions { db, extra_toml: extra, env: providers.env.clone(), ..Default::default() })
         .await
         .expect("daemon");
@@ -343,8 +348,10 @@ async fn caller_speech_interrupts_a_reply_and_marks_echoed_after_the_clear_are_n
     let d = &s.d;
     let sid = call_sid();
     let twiml = twilio::incoming_call(d, &sid, CUSTOMER, ACME_NUMBER).await.unwrap();
-    let mut stream = MediaStream::open(d, &twiml, &sid).await.unwrap();
     let mut on_call = Dashboard::open(d, &ada(), &twiml.call_id).await.unwrap();
+    let mut stream = MediaStream::open(d, &twiml, &sid).await.unwrap();
+    on_call.status("answered").await.unwrap();
+    s.dg.wait_until("the call's STT stream", |r| r.accepted >= 1).await;
     stream.echo_marks = false;
     // A first reply plays out; Twilio has not echoed its mark yet (held).
     let short = "One moment please.";
@@ -417,4 +424,163 @@ async fn unknown_numbers_are_rejected_without_a_default_business() {
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("<Reject"), "{}", answer.body);
     assert_eq!(count(&s.d, "SELECT COUNT(*) FROM phone_calls").await, 0);
+}
+
+/// The Python interpreter with Twilio's helper library (`make test-setup` installs it).
+fn twilio_python() -> String {
+    let python = std::env::var("GATEWAYD_TWILIO_PYTHON")
+        .unwrap_or_else(|_| "/var/cache/gatewayd-ci/twilio-venv/bin/python".into());
+    assert!(
+        std::path::Path::new(&python).is_file(),
+        "{python} is missing: `make test-setup` installs Twilio's helper library (twilio on PyPI) there"
+    );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilios_own_request_validator_agrees_with_the_daemon() {
+    let s = setup(Db::Sqlite, "", TtsScript::default()).await;
+    let d = &s.d;
+    // Requests signed by Twilio's library: odd characters, an empty value, a query string, the
+    // default port written out (Twilio may sign either form).
+    let cases: Vec<(String, Vec<(String, String)>)> = vec![
+        (VOICE_PATH.into(), twilio::call_params(&call_sid(), CUSTOMER, ACME_NUMBER)),
+        (
+            format!("{VOICE_PATH}?tenant=acme&x=a%20b"),
+            twilio::call_params(&call_sid(), "+1 (555) 010-0000 ünïcødé & <x>", ACME_NUMBER),
+        ),
+        (
+            STATUS_PATH.into(),
+            vec![
+                ("CallSid".into(), call_sid()),
+                ("CallStatus".into(), "ringing".into()),
+                ("Empty".into(), String::new()),
+            ],
+        ),
+    ];
+    let mut request = Vec::new();
+    for (i, (path, params)) in cases.iter().enumerate() {
+        let base = if i == 1 { "https://voice.example.test:443" } else { twilio::PUBLIC_BASE };
+        let mut tampered: serde_json::Map<String, Value> = params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        tampered.insert("CallSid".into(), json!("CA00000000000000000000000000000bad"));
+        request.push(json!({
+            "url": format!("{base}{path}"),
+            "params": params.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "tampered": tampered,
+            "ours": twilio::sign(path, params),
+        }));
+    }
+    let input = json!({"token": twilio::AUTH_TOKEN, "cases": request}).to_string();
+    let mut child = std::process::Command::new(twilio_python())
+        .arg(gatewayd_e2e::workspace().join("tests/assets/telephony/twilio_sign.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "twilio_sign.py failed");
+    let verdicts: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON from twilio_sign.py");
+
+    for ((path, params), verdict) in cases.iter().zip(&verdicts) {
+        assert_eq!(verdict["ours_valid"], true, "Twilio's library accepts the signature we compute for {path}");
+        assert_eq!(verdict["tampered_valid"], false, "Twilio's library refuses a changed parameter");
+        let signature = verdict["signature"].as_str().unwrap();
+        let accepted = twilio::post_form(d, path, params, Some(signature)).await.unwrap();
+        assert_ne!(
+            accepted.status, 403,
+            "the daemon accepts what Twilio's library signed for {path}: {}",
+            accepted.body
+        );
+        let mut tampered = params.clone();
+        tampered.iter_mut().find(|(k, _)| k == "CallSid").unwrap().1 = "CA00000000000000000000000000000bad".into();
+        let refused = twilio::post_form(d, path, &tampered, Some(signature)).await.unwrap();
+        assert_eq!(refused.status, 403, "and refuses it with a changed parameter, as the library does");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_simulator_plays_a_whole_call_against_the_daemon() {
+    // The caller talks from the start: with barge-in on it would cut the welcome short.
+    let tts = TtsScript { cadence: Duration::ZERO, ..Default::default() };
+    let s = setup_with(Db::Sqlite, WELCOME, tts, "barge_in_min_ms = 0").await;
+    let d = &s.d;
+    let dir = gatewayd_e2e::tempdir::TempDir::new("gatewayd-simulator");
+    let out = dir.path().join("heard.wav");
+    // A caller speaking: the menu plugin's greeting prompt.
+    let wav = gatewayd_e2e::workspace().join("plugins/ivr-menu/prompts/greeting.wav");
+    let reply = "We will call you back.";
+    let sim = gatewayd_e2e::gatewayd_bin().with_file_name("gatewayd-load");
+    let run = tokio::process::Command::new(&sim)
+        .args(["twilio", "--base", &format!("http://{}", d.addr), "--public-base-url", twilio::PUBLIC_BASE])
+        .args(["--auth-token", twilio::AUTH_TOKEN, "--from", CUSTOMER, "--to", ACME_NUMBER, "--hold-secs", "1"])
+        .arg("--wav")
+        .arg(&wav)
+        .arg("--out")
+        .arg(&out)
+        .args(["--dashboard-token", &ada(), "--say", reply, "--say-after-ms", "200", "--json"])
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(120), run).await.expect("the simulator ends").expect("it runs");
+    let summary: Value = serde_json::from_slice(&run.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr))
+    });
+    assert!(run.status.success() && summary["ok"] == true, "{summary}");
+    // It streamed the WAV and the hold, heard the welcome and the reply, echoed their marks.
+    assert!(summary["frames_sent"].as_u64().unwrap() > 50, "{summary}");
+    assert!(summary["marks_echoed"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(summary["status_callback"], 204);
+    let dashboard = &summary["dashboard"];
+    let said: Vec<&str> =
+        dashboard["agent_tts_audio"].as_array().unwrap().iter().filter_map(|a| a["message"].as_str()).collect();
+    assert_eq!(said, [WELCOME, reply], "{dashboard}");
+    assert!(
+        summary["transcripts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["is_final"] == true && t["transcript"] == "utterance 1"),
+        "the caller's speech was transcribed: {summary}"
+    );
+    // What it heard, saved as 8 kHz WAV: both utterances of the fake vendor.
+    let heard = hound::WavReader::open(&out).expect("the WAV it heard");
+    assert_eq!(heard.spec().sample_rate, 8000);
+    assert!(heard.duration() >= 2 * 4000, "two 500 ms utterances at least: {} samples", heard.duration());
+    assert_eq!(count(d, "SELECT COUNT(*) FROM phone_calls WHERE status = 'ended'").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_a_dashboard_relays_is_transcribed_like_call_audio() {
+    use base64::Engine as _;
+    let s = setup(Db::Sqlite, "", TtsScript::default()).await;
+    let d = &s.d;
+    let sid = call_sid();
+    let twiml = twilio::incoming_call(d, &sid, CUSTOMER, ACME_NUMBER).await.unwrap();
+    let _stream = MediaStream::open(d, &twiml, &sid).await.unwrap();
+    let mut on_call = Dashboard::open(d, &ada(), &twiml.call_id).await.unwrap();
+    // Transcription has started once the call's recogniser stream reached the vendor.
+    s.dg.wait_until("the call's STT stream", |r| r.accepted >= 1).await;
+    // 600 ms of speech-like mu-law, then 400 ms of silence, as the frontend captured them.
+    let speech: Vec<u8> = (0..4800).map(|i| 0x10 + (i % 64) as u8).collect();
+    let mut relayed = Vec::new();
+    for chunk in [&speech[..], &[SILENCE; 3200][..]] {
+        let message = json!({"type": "audio_data", "call_id": twiml.call_id, "sample_rate": 8000, "encoding": "MULAW",
+                             "audio_data": base64::engine::general_purpose::STANDARD.encode(chunk),
+                             "timestamp": "2026-12-03T12:00:00Z"});
+        on_call.client.send_json(&message).await.unwrap();
+        relayed.extend_from_slice(chunk);
+    }
+    let (transcript, _) = on_call.until("customer_transcript").await.expect("the relayed audio is transcribed");
+    assert_eq!(transcript["transcript"], "utterance 1");
+    let record = s.dg.wait_until("the relayed audio", |r| r.audio.len() >= relayed.len()).await;
+    assert_eq!(record.audio[..relayed.len()], relayed[..], "the vendor got the relayed mu-law as sent");
+    // More than the recogniser's queue holds at once is refused, with the reason.
+    let long = base64::engine::general_purpose::STANDARD.encode(vec![0x20u8; 12_000]);
+    on_call
+        .client
+        .send_json(&json!({"type": "audio_data", "call_id": twiml.call_id, "sample_rate": 8000, "encoding": "MULAW", "audio_data": long}))
+        .await
+        .unwrap();
+    let (error, _) = on_call.until("telephony_error").await.unwrap();
+    assert_eq!(error["error_code"], "STT_ERROR");
+    assert!(error["message"].as_str().unwrap().contains("at most 1000 ms"), "{error}");
 }

@@ -98,8 +98,9 @@ pub enum TextOutcome {
     Rejected(String),
 }
 
-/// Audio handed to a call with `feed-caller-audio`, at most this many bytes per call.
-pub const MAX_FED_BYTES: usize = 1 << 20;
+/// Audio handed to a call with `feed-caller-audio` at once, at most: 1 s (what a tap holds,
+/// [`tap::TAP_FRAMES`]), so none of it is dropped on the way to a recogniser.
+pub const MAX_FED_MS: usize = 1000;
 
 /// A connection on a media route.
 struct Entry {
@@ -311,8 +312,8 @@ impl MediaEngine {
 
     /// Hand `audio` (`pcmu`, `pcma` or `l16` little-endian at `rate` Hz) to call `id` as the
     /// caller's (`feed-caller-audio`): resampled to the call's rate and cut into 20 ms frames
-    /// for its taps and recording. Err: not an answered call of `plugin`, a bad codec, rate or
-    /// length (over [`MAX_FED_BYTES`]).
+    /// for its taps and recording. Err: not an answered call of `plugin`, a bad codec or rate,
+    /// more than [`MAX_FED_MS`] of audio.
     pub fn feed_caller_audio(
         &self,
         id: ConnId,
@@ -322,13 +323,14 @@ impl MediaEngine {
         rate: u32,
     ) -> Result<(), String> {
         let format = self.call(id, plugin)?.format;
-        if audio.len() > MAX_FED_BYTES {
-            return Err(format!("{} bytes of audio; at most {MAX_FED_BYTES} at once", audio.len()));
-        }
         if !(1..=48_000).contains(&rate) {
             return Err(format!("rate {rate} Hz is out of range (1..=48000)"));
         }
         let samples = decode_linear(audio, codec)?;
+        if samples.len() > rate as usize * MAX_FED_MS / 1000 {
+            let ms = samples.len() as u64 * 1000 / u64::from(rate);
+            return Err(format!("{ms} ms of audio at once; at most {MAX_FED_MS} ms (send it as it is captured)"));
+        }
         let samples = resample::resample_clip(&samples, rate, format.rate)?;
         let n = format.frame_samples();
         self.with_call(id, |c| {
