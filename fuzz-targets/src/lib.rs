@@ -39,6 +39,9 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("twilio_signature", twilio_signature),
     #[cfg(feature = "daemon")]
     ("tts_audio", tts_audio),
+    #[cfg(feature = "daemon")]
+    ("twilio_stream", twilio_stream),
+    ("telephony_dashboard", telephony_dashboard),
 ];
 
 /// A WebSocket text frame reaches a plugin only as UTF-8 (the daemon refuses other text).
@@ -317,4 +320,28 @@ pub fn tts_audio(data: &[u8]) {
             assert_eq!(whole, cut_up, "{encoding:?}: how the body was cut changed the audio");
         }
     }
+}
+
+/// A Twilio Media Streams text message, as the media engine takes it (`media::twilio::parse`)
+/// and as the twilio plugin reads the ones it gets. Properties: never a panic; the audio of a
+/// `media` message survives our own encoding of it (`media::twilio::media`) byte for byte.
+#[cfg(feature = "daemon")]
+pub fn twilio_stream(data: &[u8]) {
+    use gatewayd::media::twilio::{Inbound, media, parse};
+    let Some(t) = text(data) else { return };
+    if let Ok(Inbound::Media(audio)) = parse(t) {
+        let again = media("MZ0", &audio);
+        let again = std::str::from_utf8(&again).expect("our messages are UTF-8");
+        assert_eq!(parse(again), Ok(Inbound::Media(audio)), "re-encoded audio differs");
+    }
+    gatewayd_twilio::fuzzing::stream_message(t);
+}
+
+/// The telephony dashboard socket (telephony.md section 2) and Twilio's webhook bodies, through
+/// the twilio plugin's decoders, natively.
+pub fn telephony_dashboard(data: &[u8]) {
+    if let Some(t) = text(data) {
+        gatewayd_twilio::fuzzing::dashboard_message(t);
+    }
+    gatewayd_twilio::fuzzing::webhook_form(data);
 }

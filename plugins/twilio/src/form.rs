@@ -6,21 +6,11 @@
 pub(crate) struct Form(pub Vec<(String, String)>);
 
 impl Form {
-    /// Decode `body`: pairs split on `&`, name and value on the first `=`, `+` is a space,
-    /// `%XX` a byte; invalid UTF-8 becomes U+FFFD and a malformed `%` stays as it is.
+    /// Decode `body` (the WHATWG `application/x-www-form-urlencoded` parser of the
+    /// `form_urlencoded` crate: `+` is a space, `%XX` a byte, invalid UTF-8 becomes U+FFFD, a
+    /// malformed `%` stays as it is).
     pub(crate) fn parse(body: &[u8]) -> Form {
-        Form(
-            body.split(|&b| b == b'&')
-                .filter(|pair| !pair.is_empty())
-                .map(|pair| {
-                    let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                        Some(i) => (&pair[..i], &pair[i + 1..]),
-                        None => (pair, &[][..]),
-                    };
-                    (decode(name), decode(value))
-                })
-                .collect(),
-        )
+        Form(form_urlencoded::parse(body).into_owned().collect())
     }
 
     /// The first value of `name`.
@@ -32,27 +22,6 @@ impl Form {
     pub(crate) fn non_empty(&self, name: &str) -> Option<&str> {
         self.get(name).map(str::trim).filter(|v| !v.is_empty())
     }
-}
-
-fn decode(s: &[u8]) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (s.get(i + 1).copied().and_then(hex), s.get(i + 2).copied().and_then(hex)) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -122,3 +122,32 @@ impl Protocol for Twilio {
 }
 
 gatewayd_plugin::protocol_plugin!(Twilio);
+
+/// The plugin's decoders of untrusted bytes, for the fuzz targets (`fuzz/`), run natively.
+pub mod fuzzing {
+    /// A dashboard socket message, decoded and checked as `on_text` does (on a feed socket and
+    /// on one opened for a call). Returns whether it decoded on the feed.
+    pub fn dashboard_message(text: &str) -> bool {
+        let limits = crate::dashboard::Limits { max_id_bytes: 255, max_message_chars: 1000 };
+        let _ = crate::dashboard::parse(text, Some("call-1"), limits);
+        crate::dashboard::parse(text, None, limits).is_ok()
+    }
+
+    /// A Media Streams message as it reaches the plugin (`connected`, `start`, `dtmf`, `stop`).
+    pub fn stream_message(text: &str) -> bool {
+        crate::stream::parse(text).is_ok()
+    }
+
+    /// A webhook body (form), and the TwiML answer built from its values: the XML stays well
+    /// formed whatever the values (every value is escaped). Returns the form's pairs.
+    pub fn webhook_form(body: &[u8]) -> usize {
+        let form = crate::form::Form::parse(body);
+        for (name, value) in &form.0 {
+            for s in [name, value] {
+                let escaped = crate::twiml::escape(s);
+                assert!(!escaped.contains(['<', '>', '"', '\'']), "escaped: {escaped:?}");
+            }
+        }
+        form.0.len()
+    }
+}
