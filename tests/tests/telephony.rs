@@ -403,7 +403,13 @@ async fn a_second_stream_for_the_call_replaces_the_first() {
     feed.status("answered").await.unwrap();
     let mut second = MediaStream::open(d, &twiml, &sid).await.unwrap();
     assert_eq!(first.closed().await.unwrap().0, 1000, "the first stream is closed cleanly");
-    // The call goes on, on the second stream.
+    // Junk media on it is refused and counted; the call goes on, on the second stream.
+    for _ in 0..20 {
+        second
+            .send_json(&json!({"event": "media", "streamSid": second.stream_sid, "media": {"payload": "***"}}))
+            .await
+            .unwrap();
+    }
     feed.client
         .send_json(&json!({"type": "agent_message", "call_id": twiml.call_id, "message": "Still there?"}))
         .await

@@ -114,6 +114,8 @@ struct Setup {
     _dg: DeepgramFake,
     eleven: TtsFake,
     _openai: TtsFake,
+    /// The fakes' CA file, read by the daemon at start.
+    _ca_dir: tempdir::TempDir,
 }
 
 /// A daemon on SQLite with the twilio plugin and the fake vendors (TTS sent at once, so a
@@ -126,7 +128,6 @@ async fn setup() -> Setup {
     let d = Daemon::start(DaemonOptions { extra_toml: extra, env: providers.env.clone(), ..Default::default() })
         .await
         .expect("daemon");
-    std::mem::forget(providers.ca_dir);
     for args in [
         &["tenant", "add-business", ACME, "--name", "Acme"][..],
         &["tenant", "add-number", ACME_NUMBER, "--business", ACME],
@@ -135,7 +136,7 @@ async fn setup() -> Setup {
     ] {
         d.cli(args).expect("tenant setup");
     }
-    Setup { d, _dg: dg, eleven, _openai: openai }
+    Setup { d, _dg: dg, eleven, _openai: openai, _ca_dir: providers.ca_dir }
 }
 
 /// Where `needle` starts in `haystack`.

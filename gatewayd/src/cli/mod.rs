@@ -37,15 +37,6 @@ enum Command {
     /// Write plugins (needs no config file).
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Print a token for user `--user` (claim `user_id`), signed with `[auth.signing]`, for
-    /// trying the agent endpoints by hand (the telephony dashboard, signaling's agent side).
-    Token {
-        #[arg(long)]
-        user: String,
-        /// Lifetime, seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl_secs: u32,
-    },
 }
 
 #[derive(Subcommand)]
@@ -159,7 +150,6 @@ pub fn main() -> ExitCode {
             Command::Check => check(&config),
             Command::Migrate => crate::daemon::open_store(&config).await.map(|_| println!("migrations applied")),
             Command::Tenant(cmd) => tenant(&config, cmd).await,
-            Command::Token { user, ttl_secs } => token(&config, &user, ttl_secs),
             Command::Plugin(_) => unreachable!("handled before the config is read"),
             Command::Plugins => match &config.admin {
                 Some(admin) => plugins::run(admin.address).await,
@@ -176,16 +166,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn token(config: &Config, user: &str, ttl_secs: u32) -> anyhow::Result<()> {
-    let key = config.auth.signing.as_ref().ok_or_else(|| anyhow::anyhow!("auth.signing: no signing key configured"))?;
-    let signer = crate::auth_signing::Signer::new(key, &config.auth)?;
-    let mut claims = serde_json::Map::new();
-    claims.insert("user_id".into(), user.into());
-    let audience = config.auth.audience.as_deref().unwrap_or("gatewayd");
-    println!("{}", signer.issue(claims, ttl_secs, audience).map_err(|e| anyhow::anyhow!("{e}"))?);
-    Ok(())
 }
 
 fn check(config: &Config) -> anyhow::Result<()> {

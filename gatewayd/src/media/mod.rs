@@ -98,6 +98,17 @@ pub enum TextOutcome {
     Rejected(String),
 }
 
+impl From<FrameOutcome> for TextOutcome {
+    /// Twilio audio was handled like a binary frame: taken (or dropped before the call was
+    /// answered: never the plugin's, it is JSON audio), or refused and reported.
+    fn from(outcome: FrameOutcome) -> TextOutcome {
+        match outcome {
+            FrameOutcome::Rejected(reason) => TextOutcome::Rejected(reason),
+            _ => TextOutcome::Taken,
+        }
+    }
+}
+
 /// Audio handed to a call with `feed-caller-audio` at once, at most: 1 s (what a tap holds,
 /// [`tap::TAP_FRAMES`]), so none of it is dropped on the way to a recogniser.
 pub const MAX_FED_MS: usize = 1000;
@@ -122,6 +133,18 @@ struct Live {
 }
 
 impl Live {
+    /// Count refused caller audio; report it (`Rejected`) at most once per
+    /// [`REJECT_REPORT_EVERY`].
+    fn refuse(&mut self, reason: String) -> FrameOutcome {
+        CallStats::add(&self.stats.rejected_frames, 1);
+        let now = std::time::Instant::now();
+        if self.reported_at.is_some_and(|at| now.duration_since(at) < REJECT_REPORT_EVERY) {
+            return FrameOutcome::RejectedQuietly;
+        }
+        self.reported_at = Some(now);
+        FrameOutcome::Rejected(reason)
+    }
+
     /// End the call: the clock forgets it, its figures are logged.
     fn end(self) {
         if let Some(call) = self.call.lock().take() {
@@ -248,13 +271,7 @@ impl MediaEngine {
         let mut live = call.live.lock();
         let Some(live) = live.as_mut() else { return FrameOutcome::NotAnswered };
         if let Err(reason) = check_chunk(call.format, chunk.len()) {
-            CallStats::add(&live.stats.rejected_frames, 1);
-            let now = std::time::Instant::now();
-            if live.reported_at.is_some_and(|at| now.duration_since(at) < REJECT_REPORT_EVERY) {
-                return FrameOutcome::RejectedQuietly;
-            }
-            live.reported_at = Some(now);
-            return FrameOutcome::Rejected(reason);
+            return live.refuse(reason);
         }
         CallStats::add(&live.stats.bytes_in, chunk.len() as u64);
         if let Some(c) = live.call.lock().as_mut() {
@@ -274,10 +291,7 @@ impl MediaEngine {
             return TextOutcome::Plugin;
         }
         match twilio::parse(text) {
-            Ok(twilio::Inbound::Media(audio)) => match self.push_frame(id, &audio) {
-                FrameOutcome::Rejected(reason) => TextOutcome::Rejected(reason),
-                _ => TextOutcome::Taken,
-            },
+            Ok(twilio::Inbound::Media(audio)) => self.push_frame(id, &audio).into(),
             Ok(twilio::Inbound::Mark(name)) => {
                 let _ = self.with_call(id, |c| {
                     c.mark_echoed(&name);
@@ -300,7 +314,11 @@ impl MediaEngine {
                 TextOutcome::Plugin
             }
             Ok(twilio::Inbound::Other) => TextOutcome::Plugin,
-            Err(reason) => TextOutcome::Rejected(reason),
+            // Refused like a bad binary frame: counted, reported at most once a second.
+            Err(reason) => match call.live.lock().as_mut() {
+                Some(live) => live.refuse(reason).into(),
+                None => TextOutcome::Taken,
+            },
         }
     }
 
