@@ -4,8 +4,11 @@
 //! stall or a burst, frames can stay behind for good (input and output run at the same rate),
 //! adding 20 ms per frame to every echo. When frames have been waiting at every slot for
 //! [`TRIM_AFTER_SLOTS`] (5 s) in a row, the backlog that stood all that time (the smallest
-//! depth seen) is dropped, oldest first, to win that delay back at once. A burst followed by
-//! silence drains and is never trimmed; beyond [`MAX_FRAMES`] frames are refused.
+//! depth seen) is dropped, oldest first, to win that delay back at once, except one frame:
+//! that one is the jitter slack a single late caller frame leaves behind, and trimming it would
+//! lose a frame of a call whose frames all arrived (measured: every frame the Twilio benchmark's
+//! callers missed was such a trim, docs/benchmarks.md). A burst followed by silence drains and
+//! is never trimmed; beyond [`MAX_FRAMES`] frames are refused.
 
 use std::collections::VecDeque;
 
@@ -49,7 +52,8 @@ impl EchoBuffer {
         if self.standing < TRIM_AFTER_SLOTS {
             return (frame, 0);
         }
-        let trimmed = self.least_waiting;
+        // One frame stays: the slack of one late frame (20 ms more echo delay at most).
+        let trimmed = self.least_waiting.saturating_sub(1);
         self.frames.drain(..trimmed);
         self.standing = 0;
         (frame, trimmed)
@@ -99,23 +103,17 @@ mod tests {
     }
 
     #[test]
-    fn a_standing_frame_is_trimmed_after_five_seconds() {
+    fn one_standing_frame_is_jitter_slack_and_never_trimmed() {
         let mut e = EchoBuffer::default();
         e.push(&[0]);
         let mut next = 1;
-        let mut trims = 0;
-        // One frame in, one out per slot, with one extra frame standing behind.
-        for _ in 0..TRIM_AFTER_SLOTS + 10 {
+        // One frame in, one out per slot, with one extra frame standing behind (a caller frame
+        // that once came late): every frame is still echoed, in order.
+        for expected in 0..3 * TRIM_AFTER_SLOTS as i16 {
             e.push(&[next]);
             next += 1;
-            let (frame, trimmed) = e.pop();
-            assert!(frame.is_some());
-            trims += trimmed;
+            assert_eq!(e.pop(), (Some(vec![expected]), 0));
         }
-        assert_eq!(trims, 1);
-        // Back to real time: the slot's frame is the one that just came in.
-        e.push(&[next]);
-        assert_eq!(e.pop(), (Some(vec![next]), 0));
     }
 
     #[test]
@@ -131,10 +129,10 @@ mod tests {
             next += 1;
             let (frame, trimmed) = e.pop();
             assert!(frame.is_some());
-            assert_eq!(trimmed, if slot == TRIM_AFTER_SLOTS { 10 } else { 0 }, "slot {slot}");
+            assert_eq!(trimmed, if slot == TRIM_AFTER_SLOTS { 9 } else { 0 }, "slot {slot}");
         }
-        // Back to real time: the slot's frame is the one that just came in.
+        // Back to one frame of slack: the slot's frame is the one before the one just in.
         e.push(&[next]);
-        assert_eq!(e.pop(), (Some(vec![next]), 0));
+        assert_eq!(e.pop(), (Some(vec![next - 1]), 0));
     }
 }

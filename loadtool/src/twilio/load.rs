@@ -6,7 +6,9 @@
 //! phases spread over the 20 ms frame in [`PHASES`] groups, one sender task per group on an
 //! absolute clock (like ivr.rs). Each call's messages are read by a task of its own, which
 //! stamps the arrival of every `media` message; marks and clears go to the call's sender,
-//! which echoes marks at its next tick (at most 20 ms later).
+//! which echoes marks at its next tick (at most 20 ms later). After its last frame a call
+//! stays open [`DRAIN`] (the echo of the last frames is on its way), then sends `stop` and
+//! closes.
 //!
 //! Figures (`name: value unit` lines, or JSON with `--json`): setup failures by code; setup
 //! latencies; frames sent, received (expected = sent when the route echoes), missing per call;
@@ -35,6 +37,10 @@ const SETUP_CONCURRENCY: usize = 16;
 const PHASES: usize = 20;
 /// How long after the last frame sent the gateway's frames still count (its echo lags).
 const TAIL: Duration = Duration::from_secs(1);
+/// How long a call stays open after its last frame before `stop`: the gateway's echo of the
+/// last frames is still on its way (it paces them on its own 20 ms grid), and a hang-up while
+/// audio is in flight is not a lost frame. Shorter than [`TAIL`].
+const DRAIN: Duration = Duration::from_millis(500);
 /// Distinct setup errors printed.
 const MAX_ERRORS_SHOWN: usize = 5;
 
@@ -153,13 +159,15 @@ pub async fn run(a: &TwilioArgs, cfg: CallConfig, log: Log) -> anyhow::Result<Va
         tokio::time::sleep_until(start + FRAME * (frames / 2) as u32).await;
         rss = Some(rss_kib(pid)?);
     }
+    let end = start + FRAME * frames as u32;
+    // CPU over the streaming itself (the last phase's last frame), not the drain after it.
+    tokio::time::sleep_until(end + FRAME).await;
+    let cpu = cpu.map(|c| c.percent()).transpose()?;
+    let tool_cpu = tool_cpu.percent()?;
     let mut slots = Vec::with_capacity(set_up_calls);
     for t in senders {
         slots.extend(t.await?);
     }
-    let end = start + FRAME * frames as u32;
-    let cpu = cpu.map(|c| c.percent()).transpose()?;
-    let tool_cpu = tool_cpu.percent()?;
     // The gateway closes after `stop`; readers still open after the tail are stopped.
     let stopper = tokio::spawn(async move {
         tokio::time::sleep_until(Instant::now().max(end) + TAIL + Duration::from_secs(1)).await;
@@ -315,7 +323,8 @@ fn print_lines(r: &Value, all: &Arrivals) {
 }
 
 /// Stream `frames` frames to every call of one phase group on `schedule`; before each frame,
-/// answer what each call's reader passed on (mark echoes, pongs). Then `stop` and close.
+/// answer what each call's reader passed on (mark echoes, pongs). Then, after [`DRAIN`],
+/// `stop` and close.
 async fn send(mut group: Vec<Slot>, schedule: Schedule, frames: u64, tone: Arc<Vec<[u8; FRAME_BYTES]>>) -> Vec<Slot> {
     for k in 0..frames {
         let due = schedule.due(k);
@@ -328,6 +337,7 @@ async fn send(mut group: Vec<Slot>, schedule: Schedule, frames: u64, tone: Arc<V
             slot.lateness.record(due, Instant::now());
         }
     }
+    tokio::time::sleep_until(schedule.due(frames) + DRAIN).await;
     for slot in group.iter_mut().filter(|s| s.closed.is_none() && !s.broken) {
         let stop = slot.phone.stop();
         let _ = call::send_text(&mut slot.wr, stop).await;
