@@ -17,7 +17,7 @@ FUZZ_SECONDS ?= 300
 FUZZ_TARGET_DIR ?= /var/cache/gatewayd-fuzz
 FUZZ_SANITIZER ?= address
 
-.PHONY: run test plugins build setup test-setup bench bench-ivr bench-speech check lint fuzz
+.PHONY: run test plugins build setup test-setup bench bench-ivr bench-speech bench-twilio check lint fuzz
 
 # What building needs on a fresh machine: the Wasm target and libopus (Opus codec).
 setup:
@@ -102,3 +102,8 @@ bench-ivr: build
 # Speech benchmark: concurrent transcribed calls with a spoken reply, fake vendors (docs/benchmarks.md).
 bench-speech: build
 	./loadtool/scripts/speech.sh
+
+# Twilio Media Streams echo at 100, 500 and 1,000 calls (docs/benchmarks.md); TWILIO_BENCH_TARGET=python
+# runs the same simulator against the Python baseline.
+bench-twilio: build
+	./loadtool/scripts/twilio.sh 100,500,1000 30

@@ -106,12 +106,10 @@ mod tests {
     fn one_standing_frame_is_jitter_slack_and_never_trimmed() {
         let mut e = EchoBuffer::default();
         e.push(&[0]);
-        let mut next = 1;
         // One frame in, one out per slot, with one extra frame standing behind (a caller frame
         // that once came late): every frame is still echoed, in order.
         for expected in 0..3 * TRIM_AFTER_SLOTS as i16 {
-            e.push(&[next]);
-            next += 1;
+            e.push(&[expected + 1]);
             assert_eq!(e.pop(), (Some(vec![expected]), 0));
         }
     }
