@@ -91,12 +91,18 @@ pub fn parse(text: &str) -> Result<Inbound, String> {
     }
 }
 
-/// `{"event":"media","streamSid":..,"media":{"payload":<base64 mu-law>}}`.
+/// `{"event":"media","streamSid":..,"media":{"payload":<base64 mu-law>}}`. Sent once per call
+/// per 20 ms, so it is written straight into one buffer (base64 needs no JSON escaping; the
+/// stream id is escaped as a JSON string) rather than built as a `serde_json::Value`.
 pub fn media(stream_sid: &str, mulaw: &[u8]) -> Bytes {
-    let payload = base64::engine::general_purpose::STANDARD.encode(mulaw);
-    Bytes::from(
-        serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}}).to_string(),
-    )
+    let sid = serde_json::to_string(stream_sid).expect("a string serializes");
+    let mut out = String::with_capacity(64 + sid.len() + mulaw.len().div_ceil(3) * 4);
+    out.push_str(r#"{"event":"media","streamSid":"#);
+    out.push_str(&sid);
+    out.push_str(r#","media":{"payload":""#);
+    base64::engine::general_purpose::STANDARD.encode_string(mulaw, &mut out);
+    out.push_str(r#""}}"#);
+    Bytes::from(out)
 }
 
 /// `{"event":"mark","streamSid":..,"mark":{"name":..}}`.
