@@ -527,11 +527,14 @@ pub struct PluginLimits {
     pub memory_mb: u64,
     /// Instances of this plugin running events at once; further events wait.
     pub max_instances: usize,
+    /// Speech providers: CPU time for making an instance and a session (where a local engine
+    /// loads its model), in ms, as fuel (see `speech::Limits::from_config`).
+    pub load_timeout_ms: u64,
 }
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        PluginLimits { event_timeout_ms: 200, memory_mb: 32, max_instances: 64 }
+        PluginLimits { event_timeout_ms: 200, memory_mb: 32, max_instances: 64, load_timeout_ms: 500 }
     }
 }
 
@@ -565,6 +568,10 @@ pub struct Capabilities {
     /// Not a config key: the values of `secret_env`, read by [`Config::parse`].
     #[serde(skip)]
     pub secrets: crate::net::Secrets,
+    /// Speech providers: a directory of model or voice data the plugin may read (not write),
+    /// seen inside the plugin as `/data` (a WASI preopen; relative paths resolve against the
+    /// config file). None: the plugin has no filesystem at all.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Capabilities {
@@ -581,6 +588,7 @@ impl Default for Capabilities {
             max_response_bytes: crate::net::DEFAULT_MAX_RESPONSE_BYTES,
             secret_env: BTreeMap::new(),
             secrets: crate::net::Secrets::default(),
+            data_dir: None,
         }
     }
 }
@@ -691,6 +699,7 @@ impl Config {
             if let Some(f) = &mut p.capabilities.files {
                 f.dir = abs(&f.dir);
             }
+            p.capabilities.data_dir = p.capabilities.data_dir.as_ref().map(abs);
             for f in p.media.files.values_mut() {
                 *f = abs(f);
             }

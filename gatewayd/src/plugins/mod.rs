@@ -240,15 +240,14 @@ impl Runtime {
             &config.file,
             &config_json,
             &config.capabilities,
+            crate::speech::Limits::from_config(&config.limits),
             providers.tls(),
         )
         .await?;
-        let limits = crate::speech::Limits {
-            memory_bytes: config.limits.memory_mb as usize * 1024 * 1024,
-            ..Default::default()
-        };
         let kind = provider.kind();
-        providers.insert(name, Arc::new(provider.with_limits(limits)), info.clone());
+        let provider = Arc::new(provider);
+        provider.prewarm();
+        providers.insert(name, provider, info.clone());
         stats::PluginStats::new(&self.services.metrics, name).loaded(started.elapsed(), &info, old.as_ref());
         tracing::info!(plugin = %name, kind = ?kind, file = %config.file.display(), version = %info.hash, ms = started.elapsed().as_millis() as u64, "speech provider loaded");
         Ok(true)

@@ -1,14 +1,19 @@
 //! Host-side bindings of `plugin-api/wit/speech.wit` (worlds `stt-provider` and
-//! `tts-provider`) and the host state of a provider instance: WASI with nothing granted, the
+//! `tts-provider`) and the host state of a provider instance: WASI with nothing granted but the
+//! read-only `data_dir` capability at `/data` (local engines' models), the
 //! `log` import (to `tracing`, tagged with the plugin's name) and the `config` import (the
 //! plugin's `[plugins.<name>.config]` table as JSON). Exports are async (called on a fiber, so
 //! fuel and the memory cap apply without blocking a runtime thread).
 
 use crate::plugins::host::MemoryLimiter;
+use std::path::Path;
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+/// Where a provider sees its `data_dir` capability (model and voice files), read-only.
+pub const DATA_DIR_GUEST_PATH: &str = "/data";
 
 /// The `stt-provider` world.
 pub mod stt {
@@ -48,16 +53,27 @@ pub struct SpeechHost {
 }
 
 impl SpeechHost {
-    /// State for an instance of `plugin` with `config_json` and a linear memory cap of
-    /// `memory_bytes`.
-    pub fn new(plugin: Arc<str>, config_json: Arc<str>, memory_bytes: usize) -> SpeechHost {
-        SpeechHost {
-            wasi: WasiCtx::builder().build(),
+    /// State for an instance of `plugin` with `config_json`, a linear memory cap of
+    /// `memory_bytes` and, when `data_dir` is given, that directory readable (not writable) at
+    /// `/data` ([`DATA_DIR_GUEST_PATH`]). Errors: the directory cannot be opened.
+    pub fn new(
+        plugin: Arc<str>,
+        config_json: Arc<str>,
+        memory_bytes: usize,
+        data_dir: Option<&Path>,
+    ) -> anyhow::Result<SpeechHost> {
+        let mut wasi = WasiCtx::builder();
+        if let Some(dir) = data_dir {
+            wasi.preopened_dir(dir, DATA_DIR_GUEST_PATH, FsPerms::ReadOnly)
+                .map_err(|e| anyhow::anyhow!("data_dir {}: {e}", dir.display()))?;
+        }
+        Ok(SpeechHost {
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_bytes: memory_bytes, hit: false },
             plugin,
             config_json,
-        }
+        })
     }
 
     /// The memory limiter (for `Store::limiter`).

@@ -20,7 +20,7 @@
 use super::bindings::stt::exports::gatewayd::plugin::stt as wit;
 use super::bindings::types::{self, AudioFraming, WsClose};
 use super::convert::{FromCall, supported};
-use super::provider::{Instance, QUICK_CLOSE};
+use super::provider::{Instance, QUICK_CLOSE, STT_OFFERED, formats};
 use super::socket::{Incoming, Socket};
 use super::{CloseAction, Disconnect, Provider, SpeechFailure, disconnect_of, headers};
 use base64::Engine as _;
@@ -138,7 +138,8 @@ impl SttStream {
             pending: VecDeque::new(),
             finalize_pending: false,
         };
-        let task = tokio::spawn(async move {
+        let local = provider.is_local();
+        let run = async move {
             let last = match task.run(options).await {
                 Ok(()) => SttStreamEvent::Ended,
                 Err(failure) => {
@@ -152,7 +153,16 @@ impl SttStream {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), task.events.send(last)).await;
-        });
+        };
+        // A local engine decodes on the blocking pool: the whole stream runs on a thread of its
+        // own (parked while it waits for audio), so no decode holds a runtime worker. Such a
+        // stream ends when its input closes (the pump dropped) rather than by `abort`.
+        let task = if local {
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || handle.block_on(run))
+        } else {
+            tokio::spawn(run)
+        };
         SttStream { task, stats }
     }
 
@@ -174,14 +184,9 @@ struct Session {
 }
 
 impl Session {
-    async fn new(provider: &Provider, options: SttOptions) -> Result<Session, SpeechFailure> {
-        let mut instance = provider.instantiate_stt().await?;
-        let offered = [
-            (types::AudioEncoding::Mulaw, 8000),
-            (types::AudioEncoding::PcmS16le, 16000),
-            (types::AudioEncoding::PcmS16le, 8000),
-        ]
-        .map(|(encoding, sample_rate)| types::AudioFormat { encoding, sample_rate, channels: 1 });
+    async fn new(provider: &Arc<Provider>, options: SttOptions) -> Result<Session, SpeechFailure> {
+        let mut instance = provider.stt_instance().await?;
+        let offered = formats(STT_OFFERED);
         instance.refuel_for_constructor();
         let r = instance
             .bindings
@@ -219,6 +224,17 @@ impl Session {
         let i = &mut self.instance;
         i.refuel();
         let r = i.bindings.gatewayd_plugin_stt().stt_session().call_on_close(&mut i.store, self.handle, &reason).await;
+        i.check(r)
+    }
+
+    async fn push_audio(
+        &mut self,
+        samples: &[i16],
+    ) -> Result<Result<Vec<SttEvent>, types::SpeechError>, SpeechFailure> {
+        let i = &mut self.instance;
+        i.refuel();
+        let r =
+            i.bindings.gatewayd_plugin_stt().stt_session().call_push_audio(&mut i.store, self.handle, samples).await;
         i.check(r)
     }
 }
@@ -259,9 +275,7 @@ impl Task {
             attempt += 1;
             let plan = match session.plan().await?.map_err(SpeechFailure::from)? {
                 wit::SttPlan::Websocket(plan) => plan,
-                wit::SttPlan::InProcess(_) => {
-                    return Err(SpeechFailure::unsupported("in-process recognition is not supported by this host yet"));
-                }
+                wit::SttPlan::InProcess(plan) => return self.run_local(&mut session, plan).await,
             };
             let end = match self.connect_and_stream(&mut session, &plan, attempt).await? {
                 Some(end) => end,
@@ -320,6 +334,57 @@ impl Task {
                     }
                     _ = tokio::time::sleep_until(until) => break,
                 }
+            }
+        }
+    }
+
+    /// In-process recognition (a local engine, issue #12): call audio converted to the plan's
+    /// PCM format (8000 Hz mu-law decoded and resampled, e.g. to 16000 Hz) and handed to
+    /// `push-audio` in batches of the plan's `batch-ms` (100 to 1000 ms); `finalize` and `close`
+    /// first hand over what is left (padded with silence to 100 ms), then run the command.
+    /// Events go out as the plugin returns them. A plugin error or fault ends the stream.
+    async fn run_local(&mut self, session: &mut Session, plan: wit::InProcessStt) -> Result<(), SpeechFailure> {
+        let format = types::AudioFormat { encoding: types::AudioEncoding::PcmS16le, ..plan.format };
+        if !supported(&format) || format.channels != 1 {
+            return Err(SpeechFailure::unsupported(format!("the plan's format {format:?} is not one the host offers")));
+        }
+        let mut convert = FromCall::new(&format).map_err(SpeechFailure::unsupported)?;
+        let per_ms = format.sample_rate as usize / 1000;
+        let batch = plan.batch_ms.clamp(100, 1000) as usize * per_ms;
+        let (mut samples, mut bytes) = (Vec::<i16>::with_capacity(batch * 2), Vec::new());
+        self.emit(SttStreamEvent::Connected { attempt: 1 });
+        loop {
+            let command = match self.input.recv().await {
+                Some(SttInput::Audio(frame)) => {
+                    self.stats.audio_in_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    bytes.clear();
+                    convert.push(&frame, &mut bytes);
+                    samples.extend(bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+                    self.stats.audio_sent_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    while samples.len() >= batch {
+                        let rest = samples.split_off(batch);
+                        let events = session.push_audio(&samples).await?.map_err(SpeechFailure::from)?;
+                        samples = rest;
+                        if !self.emit_all(events) {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                Some(SttInput::Finalize) => wit::SttCommand::Finalize,
+                Some(SttInput::Close) | None => wit::SttCommand::Close,
+            };
+            if !samples.is_empty() {
+                samples.resize(samples.len().max(100 * per_ms), 0);
+                let events = session.push_audio(&samples).await?.map_err(SpeechFailure::from)?;
+                samples.clear();
+                if !self.emit_all(events) {
+                    return Ok(());
+                }
+            }
+            let output = session.command(command).await?;
+            if !self.emit_all(output.events) || command == wit::SttCommand::Close {
+                return Ok(());
             }
         }
     }

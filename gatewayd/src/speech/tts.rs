@@ -13,7 +13,7 @@
 use super::bindings::tts::exports::gatewayd::plugin::tts as wit;
 use super::bindings::types;
 use super::convert::ToCall;
-use super::provider::Instance;
+use super::provider::{Instance, TTS_WANTED, formats};
 use super::{CloseAction, Disconnect, Provider, SpeechFailure, disconnect_of, headers};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +62,8 @@ impl TtsRequest {
     ) -> TtsRequest {
         let delivered = Arc::new(AtomicU64::new(0));
         let mut task = Task { provider: provider.clone(), output, delivered: delivered.clone() };
-        let task = tokio::spawn(async move {
+        let local = provider.is_local();
+        let run = async move {
             let last = match task.run(options, text).await {
                 Ok(true) => TtsOutput::Done,
                 Ok(false) => return,
@@ -77,7 +78,15 @@ impl TtsRequest {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), task.output.send(last)).await;
-        });
+        };
+        // A local engine synthesises on the blocking pool (see `SttStream::start`); such a
+        // request ends when its output is dropped rather than by `abort`.
+        let task = if local {
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || handle.block_on(run))
+        } else {
+            tokio::spawn(run)
+        };
         TtsRequest { task, delivered }
     }
 
@@ -99,15 +108,9 @@ struct Session {
 }
 
 impl Session {
-    async fn new(provider: &Provider, options: TtsOptions) -> Result<Session, SpeechFailure> {
-        let mut instance = provider.instantiate_tts().await?;
-        let wanted = [
-            (types::AudioEncoding::Mulaw, 8000),
-            (types::AudioEncoding::PcmS16le, 8000),
-            (types::AudioEncoding::PcmS16le, 16000),
-            (types::AudioEncoding::PcmS16le, 24000),
-        ]
-        .map(|(encoding, sample_rate)| types::AudioFormat { encoding, sample_rate, channels: 1 });
+    async fn new(provider: &Arc<Provider>, options: TtsOptions) -> Result<Session, SpeechFailure> {
+        let mut instance = provider.tts_instance().await?;
+        let wanted = formats(TTS_WANTED);
         instance.refuel_for_constructor();
         let r = instance
             .bindings
@@ -139,6 +142,19 @@ impl Session {
         let r = i.bindings.gatewayd_plugin_tts().tts_session().call_on_close(&mut i.store, self.handle, &reason).await;
         i.check(r)
     }
+    async fn synthesize(&mut self, text: &str) -> Result<Result<(), types::SpeechError>, SpeechFailure> {
+        let i = &mut self.instance;
+        i.refuel();
+        let r = i.bindings.gatewayd_plugin_tts().tts_session().call_synthesize(&mut i.store, self.handle, text).await;
+        i.check(r)
+    }
+
+    async fn pull_audio(&mut self, max: u32) -> Result<Result<Option<Vec<i16>>, types::SpeechError>, SpeechFailure> {
+        let i = &mut self.instance;
+        i.refuel();
+        let r = i.bindings.gatewayd_plugin_tts().tts_session().call_pull_audio(&mut i.store, self.handle, max).await;
+        i.check(r)
+    }
 }
 
 struct Task {
@@ -161,8 +177,9 @@ impl Task {
         let mut session = Session::new(&self.provider, options).await?;
         let http = match session.plan().await?.map_err(SpeechFailure::from)? {
             wit::TtsPlan::Http(http) => http,
-            wit::TtsPlan::Websocket(_) | wit::TtsPlan::InProcess(_) => {
-                return Err(SpeechFailure::unsupported("only HTTP synthesis is supported by this host yet"));
+            wit::TtsPlan::InProcess(plan) => return self.run_local(&mut session, plan, &text).await,
+            wit::TtsPlan::Websocket(_) => {
+                return Err(SpeechFailure::unsupported("WebSocket synthesis is not supported by this host yet"));
             }
         };
         if !matches!(http.extract, types::AudioExtract::RawBody) {
@@ -200,6 +217,38 @@ impl Task {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// In-process synthesis (a local engine, issue #12): `synthesize`, then `pull-audio` 100 ms
+    /// at a time, converted to 8000 Hz as it comes; the engine synthesises as it is pulled and
+    /// the output channel's room paces the pulls, so the first audio plays before the rest is
+    /// synthesised. `Ok(false)`: the output was dropped (barge-in), nothing more is pulled.
+    async fn run_local(
+        &mut self,
+        session: &mut Session,
+        plan: wit::InProcessTts,
+        text: &str,
+    ) -> Result<bool, SpeechFailure> {
+        let format = types::AudioFormat { encoding: types::AudioEncoding::PcmS16le, ..plan.output };
+        let mut convert = ToCall::new(&format).map_err(SpeechFailure::unsupported)?;
+        let pull = (format.sample_rate / 10).max(1);
+        session.synthesize(text).await?.map_err(SpeechFailure::from)?;
+        let (mut bytes, mut samples) = (Vec::new(), Vec::new());
+        loop {
+            let Some(pulled) = session.pull_audio(pull).await?.map_err(SpeechFailure::from)? else {
+                convert.finish(&mut samples);
+                return Ok(self.deliver(&mut samples).await.is_ok());
+            };
+            if pulled.len() > pull as usize {
+                return Err(SpeechFailure::new("protocol", format!("pull-audio returned more than {pull} samples")));
+            }
+            bytes.clear();
+            bytes.extend(pulled.iter().flat_map(|s| s.to_le_bytes()));
+            convert.push(&bytes, &mut samples);
+            if self.deliver(&mut samples).await.is_err() {
+                return Ok(false);
+            }
+        }
     }
 
     /// One request: stream its body through `convert` into the output.

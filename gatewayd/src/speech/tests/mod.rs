@@ -4,7 +4,7 @@
 mod stt;
 mod tts;
 
-use super::{Provider, SpeechEngine};
+use super::{Limits, Provider, SpeechEngine};
 use crate::config::Capabilities;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -64,9 +64,10 @@ pub async fn provider(
         secrets: [("api_key", key)].into_iter().collect(),
         ..Capabilities::default()
     };
-    let provider = Provider::load(engine(), name, &component(file, package), &config.to_string(), &caps, tls)
-        .await
-        .unwrap_or_else(|e| panic!("loading {file}: {e:#}"));
+    let provider =
+        Provider::load(engine(), name, &component(file, package), &config.to_string(), &caps, Limits::default(), tls)
+            .await
+            .unwrap_or_else(|e| panic!("loading {file}: {e:#}"));
     Arc::new(provider)
 }
 
