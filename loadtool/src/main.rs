@@ -12,6 +12,9 @@
 //! - `ivr`: N concurrent IVR calls in echo mode: frame delay, late frames, CPU and memory per call.
 //! - `speech`: N concurrent calls transcribed by a fake Deepgram and spoken to by a fake
 //!   ElevenLabs: frame -> vendor and vendor -> caller latency, CPU and memory per call.
+//! - `offline-speech`: N concurrent calls transcribed by the offline recogniser (PocketSphinx in
+//!   Wasm): utterance end -> final transcript latency, CPU and memory per call; Flite's time to
+//!   first audio.
 //! - `twilio`: play Twilio against a running daemon: one call (signed webhook, TwiML, Media
 //!   Stream with real-time audio, marks, clear, dashboard, status callback), or N concurrent
 //!   calls measuring the gateway's frame jitter and losses.
@@ -21,6 +24,7 @@
 mod chat;
 mod dispatch;
 mod ivr;
+mod offline;
 mod reload;
 mod report;
 mod rooms;
@@ -71,6 +75,9 @@ enum Command {
     /// Speech load: N concurrent calls with live transcription and a spoken reply, against
     /// fake vendors started in this process.
     Speech(speech::SpeechArgs),
+    /// Offline speech load: N concurrent calls transcribed by PocketSphinx and spoken to by
+    /// Flite, inside the daemon; the largest N whose streams keep up.
+    OfflineSpeech(offline::OfflineArgs),
     /// Play Twilio against a running gatewayd: one call by hand or for tests (default), or
     /// `--calls N --secs S` concurrent calls measuring frame jitter and losses.
     Twilio(Box<twilio::TwilioArgs>),
@@ -97,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             Command::Rooms(a) => rooms::run(a).await,
             Command::Ivr(a) => ivr::run(a).await,
             Command::Speech(a) => speech::run(a).await,
+            Command::OfflineSpeech(a) => offline::run(a).await,
             Command::Twilio(a) => twilio::run(*a).await,
         }
     })

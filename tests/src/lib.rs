@@ -253,9 +253,11 @@ pub struct Daemon {
 }
 
 /// A temporary directory removed on drop (tiny; avoids a dependency).
+pub mod offline;
 pub mod speech_providers;
 pub mod twilio;
 pub mod webdriver;
+pub mod wer;
 
 pub mod tempdir {
     use std::path::{Path, PathBuf};

@@ -97,3 +97,50 @@ pub fn assert_no_key_logged(logs: &[String]) {
         assert!(!logs.contains(key), "an API key appears in the daemon's log");
     }
 }
+
+/// The data directory of an offline engine (`pocketsphinx`, `flite`) as `make setup` installs
+/// it: `build/models/<engine>` in the repository (git-ignored). Panics, saying how to install
+/// it, when missing.
+pub fn model_dir(engine: &str) -> std::path::PathBuf {
+    let dir = crate::workspace().join("build/models").join(engine);
+    assert!(dir.is_dir(), "{} is missing: run `make setup` (scripts/speech/{engine}.sh) first", dir.display());
+    dir
+}
+
+/// `[speech]` (stt `pocketsphinx`, tts `flite`) and the two offline providers, as in
+/// `config/gatewayd.toml`: PocketSphinx (en-us, the full language model) and Flite (the
+/// `slt` voice), each reading its data from `build/models/<engine>`; `pocketsphinx_config` is
+/// added to the recogniser's config table.
+pub fn offline_providers_toml(pocketsphinx_config: &str) -> String {
+    format!(
+        r#"
+[speech]
+stt = "pocketsphinx"
+tts = "flite"
+
+[plugins.pocketsphinx]
+file = "{stt}"
+[plugins.pocketsphinx.limits]
+event_timeout_ms = 1000
+load_timeout_ms = 30000
+memory_mb = 512
+[plugins.pocketsphinx.capabilities]
+data_dir = "{stt_data}"
+[plugins.pocketsphinx.config]
+{pocketsphinx_config}
+
+[plugins.flite]
+file = "{tts}"
+[plugins.flite.limits]
+event_timeout_ms = 1000
+load_timeout_ms = 10000
+memory_mb = 128
+[plugins.flite.capabilities]
+data_dir = "{tts_data}"
+"#,
+        stt = plugin_file("stt-pocketsphinx").display(),
+        stt_data = model_dir("pocketsphinx").display(),
+        tts = plugin_file("tts-flite").display(),
+        tts_data = model_dir("flite").display(),
+    )
+}

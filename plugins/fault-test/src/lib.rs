@@ -148,12 +148,14 @@ fn call(id: ConnectionId, text: &str) -> Option<String> {
     };
     let result = match command {
         "answer" => media::answer(id).map(|()| "answered".to_string()),
+        // `transcribe`, `transcribe:<provider>`, `transcribe:<provider>:<keyterm>|<keyterm>...`
         "transcribe" => {
+            let (provider, keyterms) = arg.split_once(':').unwrap_or((arg, ""));
             let options = media::TranscribeOptions {
-                provider: opt(arg),
+                provider: opt(provider),
                 language: None,
                 interim_results: true,
-                keyterms: vec![],
+                keyterms: keyterms.split('|').filter(|k| !k.is_empty()).map(str::to_string).collect(),
             };
             media::transcribe(id, &options).map(|()| "transcribing".to_string())
         }

@@ -2,6 +2,11 @@
 //! through it): answer, play the greeting; digit 1 and 2 play their own prompts, any other
 //! digit plays the greeting again; after a prompt, silence re-prompts once, then hangs up.
 //!
+//! With `listen = true` it also listens ("say sales or press 1"): the caller's speech is
+//! transcribed with the menu's words as keyterms (an offline recogniser turns them into a
+//! grammar, so it hears only those words), and a final transcript holding one of them acts as
+//! that word's digit; speech with none of them plays the greeting again.
+//!
 //! Prompts are audio files named in the config (`[plugins.ivr-menu.media.files]`); the host
 //! plays them paced in real time and reports the `prompt-end` mark once a prompt has actually
 //! been sent, which is when the silence timer starts.
@@ -12,9 +17,10 @@
 
 use gatewayd_ivr_protocol::{self as protocol, ClientEvent, ProtocolError};
 use gatewayd_plugin::{
-    ConnectionId, MediaEvent, Migration, Protocol, SqlValue, config, log, media, session, store, timers,
+    ConnectionId, MediaEvent, Migration, Protocol, SpeechEvent, SqlValue, config, log, media, session, store, timers,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// `[plugins.ivr-menu.config]`.
 #[derive(Deserialize)]
@@ -24,11 +30,23 @@ struct Config {
     no_input_ms: u32,
     /// Re-prompts on silence before hanging up.
     max_reprompts: u32,
+    /// Listen for `words` too (needs a speech-to-text provider: `[speech] stt`).
+    listen: bool,
+    /// Spoken words and the digit each stands for (`sales = "1"`), lower case.
+    words: BTreeMap<String, char>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { no_input_ms: 5000, max_reprompts: 1 }
+        let words = [("sales".to_string(), '1'), ("support".to_string(), '2')].into();
+        Config { no_input_ms: 5000, max_reprompts: 1, listen: false, words }
+    }
+}
+
+impl Config {
+    /// The digit the first menu word in `heard` stands for.
+    fn digit_heard(&self, heard: &str) -> Option<char> {
+        heard.split(|c: char| !c.is_alphanumeric()).find_map(|w| self.words.get(&w.to_lowercase()).copied())
     }
 }
 
@@ -64,11 +82,51 @@ fn remember(call: &Call, digit: char) {
     }
 }
 
+/// The caller chose `digit` (pressed, or said its word).
+fn choose(id: ConnectionId, call: &mut Call, digit: char) {
+    call.reprompts = 0;
+    session::save(call);
+    remember(call, digit);
+    match digit {
+        '1' => play(id, "option1"),
+        '2' => play(id, "option2"),
+        _ => play(id, "greeting"),
+    }
+}
+
+/// Start listening for the menu's words, when the config asks; without a provider the menu
+/// goes on with the keypad alone.
+fn listen(id: ConnectionId) {
+    let c: Config = config::load().unwrap_or_default();
+    if !c.listen {
+        return;
+    }
+    let options = media::TranscribeOptions {
+        provider: None,
+        language: None,
+        interim_results: false,
+        keyterms: c.words.keys().cloned().collect(),
+    };
+    if let Err(e) = media::transcribe(id, &options) {
+        log::warn(&format!("cannot listen, keypad only: {e}"));
+    }
+}
+
 struct Menu;
 
 impl Protocol for Menu {
     fn init() -> Result<(), String> {
-        config::load::<Config>().map(|_| ())
+        let c = config::load::<Config>()?;
+        for (word, digit) in &c.words {
+            if word.is_empty() || word.len() > 64 || !word.chars().all(|ch| ch.is_alphanumeric() && !ch.is_uppercase())
+            {
+                return Err(format!("words: `{word}` must be one lower-case word of at most 64 bytes"));
+            }
+            if !matches!(digit, '0'..='9' | '*' | '#') {
+                return Err(format!("words.{word}: `{digit}` is not a DTMF digit"));
+            }
+        }
+        Ok(())
     }
 
     /// The plugin's own table (`migrations/<backend>/`).
@@ -89,17 +147,9 @@ impl Protocol for Menu {
                 session::save(&call);
                 protocol::send_answer(id);
                 play(id, "greeting");
+                listen(id);
             }
-            Ok(ClientEvent::Dtmf { digit }) => {
-                call.reprompts = 0;
-                session::save(&call);
-                remember(&call, digit);
-                match digit {
-                    '1' => play(id, "option1"),
-                    '2' => play(id, "option2"),
-                    _ => play(id, "greeting"),
-                }
-            }
+            Ok(ClientEvent::Dtmf { digit }) => choose(id, &mut call, digit),
             Ok(ClientEvent::Hangup) => {
                 let _ = media::hangup(id);
                 gatewayd_plugin::conn::close(id, 1000, "caller hung up");
@@ -118,6 +168,19 @@ impl Protocol for Menu {
                 timers::set(&protocol::timer_key(id, "no-input"), c.no_input_ms, "", Some(id));
             }
             MediaEvent::FrameRejected(reason) => protocol::send_error(id, &protocol::bad_frame(&reason)),
+            _ => {}
+        }
+    }
+
+    fn on_speech(id: ConnectionId, event: SpeechEvent) {
+        match event {
+            SpeechEvent::Transcript(t) if t.is_final && !t.text.trim().is_empty() => {
+                let c: Config = config::load().unwrap_or_default();
+                let mut call: Call = session::load().unwrap_or_default();
+                // Speech with no menu word is answered like a digit with no entry.
+                choose(id, &mut call, c.digit_heard(&t.text).unwrap_or('?'));
+            }
+            SpeechEvent::SttError(f) => log::warn(&format!("listening failed, keypad only: {}: {}", f.code, f.message)),
             _ => {}
         }
     }
