@@ -103,35 +103,14 @@ kind = "websocket"
 plugin = "fault-test"
 auth = "none"
 media = {{ codec = "pcmu", rate = 8000 }}
-[speech]
-stt = "pocketsphinx"
-tts = "flite"
 [plugins.fault-test]
 file = "{fault_test}"
-[plugins.pocketsphinx]
-file = "{stt}"
-[plugins.pocketsphinx.limits]
-event_timeout_ms = 1000
-load_timeout_ms = 30000
-memory_mb = 512
-[plugins.pocketsphinx.capabilities]
-data_dir = "{stt_data}"
-[plugins.flite]
-file = "{tts}"
-[plugins.flite.limits]
-event_timeout_ms = 1000
-load_timeout_ms = 10000
-memory_mb = 128
-[plugins.flite.capabilities]
-data_dir = "{tts_data}"
+{providers}
 {extra}
 "#,
         state = dir.path().join("state").display(),
         fault_test = plugin("fault-test"),
-        stt = plugin("stt-pocketsphinx"),
-        stt_data = a.models.join("pocketsphinx").display(),
-        tts = plugin("tts-flite"),
-        tts_data = a.models.join("flite").display(),
+        providers = gatewayd_e2e::speech_providers::offline_providers_toml_in(&a.plugins, &a.models, ""),
         extra = a.extra_toml,
     );
     let config_path = dir.path().join("gatewayd.toml");

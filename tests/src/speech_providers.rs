@@ -109,9 +109,24 @@ pub fn model_dir(engine: &str) -> std::path::PathBuf {
 
 /// `[speech]` (stt `pocketsphinx`, tts `flite`) and the two offline providers, as in
 /// `config/gatewayd.toml`: PocketSphinx (en-us, the full language model) and Flite (the
-/// `slt` voice), each reading its data from `build/models/<engine>`; `pocketsphinx_config` is
-/// added to the recogniser's config table.
+/// `slt` voice), their components from `build/plugins`, each reading its data from
+/// `build/models/<engine>` (both checked); `pocketsphinx_config` is added to the recogniser's
+/// config table.
 pub fn offline_providers_toml(pocketsphinx_config: &str) -> String {
+    let plugins = plugin_file("stt-pocketsphinx").parent().expect("build/plugins").to_path_buf();
+    plugin_file("tts-flite");
+    let models = model_dir("pocketsphinx").parent().expect("build/models").to_path_buf();
+    model_dir("flite");
+    offline_providers_toml_in(&plugins, &models, pocketsphinx_config)
+}
+
+/// The same with the components in `plugins` (`stt-pocketsphinx.wasm`, `tts-flite.wasm`) and
+/// the engines' data in `models` (`pocketsphinx/`, `flite/`), as the benchmark takes them.
+pub fn offline_providers_toml_in(
+    plugins: &std::path::Path,
+    models: &std::path::Path,
+    pocketsphinx_config: &str,
+) -> String {
     format!(
         r#"
 [speech]
@@ -138,9 +153,9 @@ memory_mb = 128
 [plugins.flite.capabilities]
 data_dir = "{tts_data}"
 "#,
-        stt = plugin_file("stt-pocketsphinx").display(),
-        stt_data = model_dir("pocketsphinx").display(),
-        tts = plugin_file("tts-flite").display(),
-        tts_data = model_dir("flite").display(),
+        stt = plugins.join("stt-pocketsphinx.wasm").display(),
+        stt_data = models.join("pocketsphinx").display(),
+        tts = plugins.join("tts-flite.wasm").display(),
+        tts_data = models.join("flite").display(),
     )
 }

@@ -391,8 +391,7 @@ option2 = "{p}/option2.wav"
     .await;
     // "Support" as a caller says it on a phone line (Flite, mu-law), as L16 for the menu.
     let spoken = utterance(&speak(&d, "Support.").await);
-    let l16: Vec<u8> =
-        spoken.iter().flat_map(|&b| gatewayd::media::codec::ulaw_to_linear(b).to_le_bytes()).collect();
+    let l16: Vec<u8> = spoken.iter().flat_map(|&b| gatewayd::media::codec::ulaw_to_linear(b).to_le_bytes()).collect();
 
     let mut c = Client::connect(&d.ws_url("/menu")).await.expect("connect");
     c.send_json(&serde_json::json!({"event": "incoming_call", "callerId": "+15551230000",
