@@ -306,11 +306,6 @@ impl Provider {
         self.local
     }
 
-    /// Warm instances ready now (local engines).
-    pub fn warm_instances(&self) -> usize {
-        self.warm.lock().ready.len()
-    }
-
     /// Keep [`WARM_INSTANCES`] ready: start making the missing ones on the blocking pool.
     /// Does nothing for a remote provider. Must be called within a tokio runtime.
     pub fn prewarm(self: &Arc<Self>) {
