@@ -24,6 +24,12 @@
 # TWILIO_BENCH_LOAD_CPUS (taskset CPU lists; default none, as the other benchmarks),
 # TWILIO_BENCH_OUT (a directory to keep each step's JSON report and the server's log in),
 # GATEWAYD_BIN (default: the release build).
+# Speech on every call (gatewayd only): TWILIO_BENCH_STT=offline transcribes every call with the
+# offline recogniser (PocketSphinx in Wasm, models from build/models as `make setup` installs
+# them) and counts each call's stored final transcripts (phone_call_messages) after the step;
+# TWILIO_BENCH_KEYTERMS (comma-separated phrases: the recogniser's grammar, as [plugins.twilio.config]
+# keyterms); TWILIO_BENCH_WAV (the callers' audio, looped with TWILIO_BENCH_HOLD_SECS of silence,
+# default 1.5, after each play; default with STT: a LibriVox excerpt of the PocketSphinx sources).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -49,6 +55,27 @@ python)
 *) echo "TWILIO_BENCH_TARGET must be gatewayd or python" >&2; exit 1 ;;
 esac
 test -x "$BIN/gatewayd-load" || { echo "build first: make build" >&2; exit 1; }
+STT="${TWILIO_BENCH_STT:-}"
+case "$STT" in
+"") SPEECH_TOML=""; TRANSCRIBE=false ;;
+offline)
+    test "$TARGET" = gatewayd || { echo "TWILIO_BENCH_STT is for gatewayd" >&2; exit 1; }
+    SPEECH_TOML="$("$BIN/gatewayd-load" offline-providers-toml --plugins "$PWD/build/plugins" --models "$PWD/build/models")"
+    TRANSCRIBE=true
+    LIBRIVOX="${GATEWAYD_SPEECH_CACHE:-/var/cache/gatewayd-ci/speech}/pocketsphinx-5.1.1/test/data/librivox"
+    TWILIO_BENCH_WAV="${TWILIO_BENCH_WAV:-$LIBRIVOX/sense_and_sensibility_01_austen_64kb-0930.wav}"
+    ;;
+*) echo "TWILIO_BENCH_STT must be offline (or unset)" >&2; exit 1 ;;
+esac
+KEYTERMS_TOML=""
+if [ -n "${TWILIO_BENCH_KEYTERMS:-}" ]; then
+    KEYTERMS_TOML="keyterms = $(python3 -c 'import json, sys; print(json.dumps(sys.argv[1].split(",")))' "$TWILIO_BENCH_KEYTERMS")"
+fi
+AUDIO_ARGS=(--tone-hz "${TWILIO_BENCH_TONE_HZ:-0}")
+if [ -n "${TWILIO_BENCH_WAV:-}" ]; then
+    test -f "$TWILIO_BENCH_WAV" || { echo "$TWILIO_BENCH_WAV is missing (make setup installs the PocketSphinx sources)" >&2; exit 1; }
+    AUDIO_ARGS=(--wav "$TWILIO_BENCH_WAV" --hold-secs "${TWILIO_BENCH_HOLD_SECS:-1.5}")
+fi
 DIR="$(mktemp -d)"
 PID=
 stop_server() {
@@ -120,8 +147,10 @@ store = "read-write"
 default_business = "$BUSINESS"
 stream_path = "/api/telephony/twilio/media-stream"
 welcome_message = ""
-transcribe = false
+transcribe = $TRANSCRIBE
 echo = true
+$KEYTERMS_TOML
+$SPEECH_TOML
 TOML
         "$GATEWAYD_BIN" tenant --config "$STEP/gatewayd.toml" add-business "$BUSINESS" --name "Benchmark" > /dev/null
         ${TWILIO_BENCH_DAEMON_CPUS:+taskset -c $TWILIO_BENCH_DAEMON_CPUS} "$GATEWAYD_BIN" run --config "$STEP/gatewayd.toml" 2> "$STEP/server.log" &
@@ -142,8 +171,22 @@ TOML
     echo "--- $N calls, $SECS s, $TARGET, $(date -u '+%Y-%m-%d %H:%M:%S') UTC, load average $(cut -d' ' -f1-3 /proc/loadavg) ---"
     ${TWILIO_BENCH_LOAD_CPUS:+taskset -c $TWILIO_BENCH_LOAD_CPUS} "$BIN/gatewayd-load" twilio \
         --base "$BASE" --auth-token "$TOKEN" --calls "$N" --secs "$SECS" \
-        --tone-hz "${TWILIO_BENCH_TONE_HZ:-0}" --pid "$PID" --json > "$STEP/report.json"
+        "${AUDIO_ARGS[@]}" --pid "$PID" --json > "$STEP/report.json"
     stop_server
+    if [ -n "$STT" ]; then
+        # Each call's final transcripts, as the twilio plugin stored them.
+        python3 - "$STEP/state/gatewayd.db" "$N" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+rows = dict(db.execute("SELECT call_id, COUNT(*) FROM phone_call_messages "
+                       "WHERE sender_type = 'customer' AND is_final = 1 GROUP BY call_id"))
+calls = [c for (c,) in db.execute("SELECT call_id FROM phone_calls")]
+per_call = sorted(rows.get(c, 0) for c in calls)
+print(f"final transcripts stored: {sum(per_call)} over {len(calls)} calls "
+      f"(per call min {per_call[0] if per_call else 0}, median {per_call[len(per_call) // 2] if per_call else 0}, "
+      f"max {per_call[-1] if per_call else 0})")
+PY
+    fi
     python3 - "$STEP/report.json" "$STEP/server.log" "$TARGET" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

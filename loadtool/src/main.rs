@@ -18,6 +18,7 @@
 //! - `twilio`: play Twilio against a running daemon: one call (signed webhook, TwiML, Media
 //!   Stream with real-time audio, marks, clear, dashboard, status callback), or N concurrent
 //!   calls measuring the gateway's frame jitter and losses.
+//! - `offline-providers-toml`: the offline providers' config tables, for benchmark scripts.
 //!
 //! Every figure is printed as `name: value unit` lines; `docs/benchmarks.md` records them.
 
@@ -81,6 +82,19 @@ enum Command {
     /// Play Twilio against a running gatewayd: one call by hand or for tests (default), or
     /// `--calls N --secs S` concurrent calls measuring frame jitter and losses.
     Twilio(Box<twilio::TwilioArgs>),
+    /// Print `[speech]` and the offline providers' plugin tables (PocketSphinx, Flite) for a
+    /// benchmark's daemon config (`loadtool/scripts/twilio.sh` with `TWILIO_BENCH_STT=offline`).
+    OfflineProvidersToml {
+        /// Directory of `stt-pocketsphinx.wasm` and `tts-flite.wasm`.
+        #[arg(long)]
+        plugins: std::path::PathBuf,
+        /// Directory of the engines' data (`pocketsphinx/`, `flite/`).
+        #[arg(long)]
+        models: std::path::PathBuf,
+        /// TOML lines added to the recogniser's config table.
+        #[arg(long, default_value = "")]
+        pocketsphinx_config: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +120,13 @@ fn main() -> anyhow::Result<()> {
             Command::Speech(a) => speech::run(a).await,
             Command::OfflineSpeech(a) => offline::run(a).await,
             Command::Twilio(a) => twilio::run(*a).await,
+            Command::OfflineProvidersToml { plugins, models, pocketsphinx_config } => {
+                print!(
+                    "{}",
+                    gatewayd_e2e::speech_providers::offline_providers_toml_in(&plugins, &models, &pocketsphinx_config)
+                );
+                Ok(())
+            }
         }
     })
 }

@@ -256,13 +256,25 @@ impl MediaStream {
     /// Send `frames` `media` messages of 20 ms, one per 20 ms: `byte` repeated, or (none)
     /// speech-like mu-law (never silence). Returns what was sent.
     pub async fn send_audio(&mut self, frames: usize, byte: Option<u8>) -> Result<Vec<u8>> {
-        let mut sent = Vec::new();
+        let audio: Vec<u8> = (0..frames)
+            .flat_map(|n| {
+                (0..FRAME).map(move |i| match byte {
+                    Some(b) => b,
+                    None => 0x10 + ((i + n * 7) % 64) as u8,
+                })
+            })
+            .collect();
+        self.send_mulaw(&audio).await?;
+        Ok(audio)
+    }
+
+    /// Send `audio` (mu-law, 8000 Hz) as `media` messages of 20 ms, one per 20 ms, as Twilio
+    /// streams a caller; a last partial frame is padded with silence.
+    pub async fn send_mulaw(&mut self, audio: &[u8]) -> Result<()> {
         let mut next = tokio::time::Instant::now();
-        for n in 0..frames {
-            let frame: Vec<u8> = match byte {
-                Some(b) => vec![b; FRAME],
-                None => (0..FRAME).map(|i| 0x10 + ((i + n * 7) % 64) as u8).collect(),
-            };
+        for (n, chunk) in audio.chunks(FRAME).enumerate() {
+            let mut frame = chunk.to_vec();
+            frame.resize(FRAME, 0xFF);
             self.sequence += 1;
             let payload = base64::engine::general_purpose::STANDARD.encode(&frame);
             let media = json!({
@@ -270,11 +282,10 @@ impl MediaStream {
                 "media": {"track": "inbound", "chunk": n.to_string(), "timestamp": (n * 20).to_string(), "payload": payload}
             });
             self.client.send_json(&media).await?;
-            sent.extend_from_slice(&frame);
             next += Duration::from_millis(20);
             tokio::time::sleep_until(next).await;
         }
-        Ok(sent)
+        Ok(())
     }
 
     /// Echo a mark back (`{"event":"mark",...}`), as Twilio does once the audio before it played.

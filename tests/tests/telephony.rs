@@ -178,10 +178,7 @@ async fn whole_flow(db_kind: Db) {
     // 5. Twilio stops the stream, then the status callback comes: ended once.
     stream.stop(&sid).await.unwrap();
     feed.status("ended").await.expect("ended");
-    let params = [("CallSid", sid.as_str()), ("CallStatus", "completed"), ("CallDuration", "7")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect::<Vec<_>>();
+    let params = status_params(&sid, &[("CallStatus", "completed"), ("CallDuration", "7")]);
     let status = twilio::post_signed(d, STATUS_PATH, &params).await.unwrap();
     assert_eq!(status.status, 204, "{}", status.body);
 
@@ -419,6 +416,57 @@ async fn a_second_stream_for_the_call_replaces_the_first() {
     assert_eq!(confirmed["message"], "Still there?");
     assert!(!skipped.iter().any(|m| m["status"] == "ended"), "the replaced stream did not end the call: {skipped:?}");
     assert!(!second.heard.is_empty());
+}
+
+/// A status callback's form for `call_sid` with `fields`.
+fn status_params(call_sid: &str, fields: &[(&str, &str)]) -> Vec<(String, String)> {
+    [("CallSid", call_sid)].iter().chain(fields).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_lost_without_stop_and_a_failed_call_reach_the_dashboard_as_twilio_errors() {
+    let s = setup(Db::Sqlite, "", TtsScript::default()).await;
+    let d = &s.d;
+    let mut feed = Dashboard::open(d, &ada(), "").await.unwrap();
+
+    // The Media Stream's connection drops (no `stop`, no close frame): TWILIO_ERROR, then ended.
+    let sid = call_sid();
+    let twiml: Twiml = twilio::incoming_call(d, &sid, CUSTOMER, ACME_NUMBER).await.unwrap();
+    let stream = MediaStream::open(d, &twiml, &sid).await.unwrap();
+    feed.status("answered").await.unwrap();
+    drop(stream);
+    let (error, skipped) = feed.until("telephony_error").await.unwrap();
+    assert!(!skipped.iter().any(|m| m["status"] == "ended"), "reported before the end: {skipped:?}");
+    assert_eq!((&error["error_code"], &error["call_id"]), (&json!("TWILIO_ERROR"), &json!(twiml.call_id)));
+    assert!(error["message"].as_str().unwrap().contains("closed without Twilio's stop"), "{error}");
+    assert_eq!(feed.status("ended").await.unwrap()["call_id"], json!(twiml.call_id));
+
+    // Twilio's status callback says the call failed, with its error: TWILIO_ERROR carries it,
+    // once, however often Twilio retries the callback.
+    let sid = call_sid();
+    let twiml: Twiml = twilio::incoming_call(d, &sid, CUSTOMER, ACME_NUMBER).await.unwrap();
+    let params = status_params(
+        &sid,
+        &[("CallStatus", "failed"), ("ErrorCode", "31920"), ("ErrorMessage", "Stream - WebSocket - Handshake Error")],
+    );
+    for _ in 0..2 {
+        let answer = twilio::post_signed(d, STATUS_PATH, &params).await.unwrap();
+        assert_eq!(answer.status, 204, "{}", answer.body);
+    }
+    let (error, _) = feed.until("telephony_error").await.unwrap();
+    assert_eq!((&error["error_code"], &error["call_id"]), (&json!("TWILIO_ERROR"), &json!(twiml.call_id)));
+    assert!(error["message"].as_str().unwrap().contains("31920 Stream - WebSocket - Handshake Error"), "{error}");
+    feed.status("ended").await.unwrap();
+    // A completed call is no error; nothing more arrives for the failed one.
+    let sid = call_sid();
+    let completed = twilio::incoming_call(d, &sid, CUSTOMER, ACME_NUMBER).await.unwrap();
+    let params = status_params(&sid, &[("CallStatus", "completed")]);
+    assert_eq!(twilio::post_signed(d, STATUS_PATH, &params).await.unwrap().status, 204);
+    let (_, skipped) = feed.until("call_status_update").await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let (ended, skipped) = feed.until("call_status_update").await.unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!((&ended["status"], &ended["call_id"]), (&json!("ended"), &json!(completed.call_id)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

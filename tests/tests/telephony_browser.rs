@@ -8,9 +8,16 @@
 //! selected, and a reply typed into the page is spoken by the TTS vendor, heard on the Media
 //! Stream and confirmed on the page as played.
 //!
+//! Then the same with the offline engines of the default config (PocketSphinx and Flite as
+//! Wasm providers): a real person's recording (the PocketSphinx distribution's
+//! `goforward.raw`, over a phone line) shows as the caller's transcript, and the reply Ada types
+//! is spoken by Flite; what the caller heard, recognised by the same engine compiled natively,
+//! is the text she typed.
+//!
 //! Needs `chromium` and `chromium-driver` (`make test` installs them); fails when they are missing.
 
-use gatewayd_e2e::speech_providers::{fakes, providers};
+use gatewayd_e2e::offline;
+use gatewayd_e2e::speech_providers::{fakes, offline_providers_toml, providers};
 use gatewayd_e2e::twilio::{self, MediaStream};
 use gatewayd_e2e::webdriver::{Driver, Page};
 use gatewayd_e2e::{Daemon, DaemonOptions, agent_token, tempdir};
@@ -128,6 +135,12 @@ async fn setup() -> Setup {
     let d = Daemon::start(DaemonOptions { extra_toml: extra, env: providers.env.clone(), ..Default::default() })
         .await
         .expect("daemon");
+    add_acme(&d);
+    Setup { d, _dg: dg, eleven, _openai: openai, _ca_dir: providers.ca_dir }
+}
+
+/// Acme with its number and its agent Ada.
+fn add_acme(d: &Daemon) {
     for args in [
         &["tenant", "add-business", ACME, "--name", "Acme"][..],
         &["tenant", "add-number", ACME_NUMBER, "--business", ACME],
@@ -136,7 +149,16 @@ async fn setup() -> Setup {
     ] {
         d.cli(args).expect("tenant setup");
     }
-    Setup { d, _dg: dg, eleven, _openai: openai, _ca_dir: providers.ca_dir }
+}
+
+/// Ada opens the dashboard page, types her token and connects.
+async fn connect_ada<'a>(driver: &'a Driver, d: &Daemon, profile: &tempdir::TempDir) -> Page<'a> {
+    let page = driver.browser(profile.path(), &[]).await;
+    page.goto(&format!("http://{}/api/telephony/dashboard", d.addr)).await;
+    page.type_text("#token", &agent_token(json!(ADA))).await;
+    page.click("#connect").await;
+    wait_shown(&page, "a connected feed", |p| (p.state == "connected").then_some(())).await;
+    page
 }
 
 /// Where `needle` starts in `haystack`.
@@ -150,13 +172,9 @@ async fn the_dashboard_shows_a_call_and_its_transcript_and_speaks_a_typed_reply_
     let d = &s.d;
     let driver = Driver::start().await;
     let profile = tempdir::TempDir::new("gatewayd-chromium");
-    let page = driver.browser(profile.path(), &[]).await;
 
     // 1. Ada opens the page, types her token and connects: the feed is up, no call yet.
-    page.goto(&format!("http://{}/api/telephony/dashboard", d.addr)).await;
-    page.type_text("#token", &agent_token(json!(ADA))).await;
-    page.click("#connect").await;
-    wait_shown(&page, "a connected feed", |p| (p.state == "connected").then_some(())).await;
+    let page = connect_ada(&driver, d, &profile).await;
     let first = shown(&page).await;
     assert!(first.calls.is_empty() && first.errors.is_empty(), "{first:?}");
 
@@ -229,5 +247,81 @@ async fn the_dashboard_shows_a_call_and_its_transcript_and_speaks_a_typed_reply_
     let last = shown(&page).await;
     assert!(last.errors.is_empty(), "no error on the page: {:?}", last.errors);
     assert_eq!(last.state, "connected", "{}", last.status);
+    page.close().await;
+}
+
+/// What the caller of the offline test says (the recording's reference text), and so the
+/// grammar the recogniser is given (`[plugins.twilio.config] keyterms`) besides other commands.
+const CALLER_SAYS: &str = "go forward ten meters";
+/// Replies an agent might type: the grammar the caller's side recognises the reply with.
+const REPLIES: [&str; 5] = [
+    "your order ships tomorrow",
+    "an agent will call you back",
+    "please hold the line",
+    "your balance is twenty dollars",
+    "thank you for calling",
+];
+
+/// `goforward.raw` of the PocketSphinx source distribution (16 kHz, a person saying
+/// [`CALLER_SAYS`]) as a phone line carries it, with 1.2 s of silence after it so the
+/// recogniser's endpointer hears the end.
+fn caller_speech() -> Vec<u8> {
+    let cache = std::env::var_os("GATEWAYD_SPEECH_CACHE").unwrap_or_else(|| "/var/cache/gatewayd-ci/speech".into());
+    let src = std::env::var_os("POCKETSPHINX_SRC")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(&cache).join("pocketsphinx-5.1.1"));
+    let file = src.join("test/data/goforward.raw");
+    let raw = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e} (run `make setup`)", file.display()));
+    let samples: Vec<i16> = raw.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let mut line = offline::phone_line(&samples, 16_000);
+    line.extend(std::iter::repeat_n(SILENCE, 60 * twilio::FRAME));
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_offline_engines_a_person_is_transcribed_and_a_typed_reply_is_heard_as_typed() {
+    let keyterms = ["go forward ten meters", "go back", "turn left", "turn right", "stop"];
+    let twilio_config = format!("keyterms = {}", serde_json::to_string(&keyterms).expect("JSON is TOML here"));
+    let extra = format!("{}\n{}", twilio::toml(WELCOME, &twilio_config), offline_providers_toml(""));
+    let d = Daemon::start(DaemonOptions { extra_toml: extra, ..Default::default() }).await.expect("daemon");
+    add_acme(&d);
+    let driver = Driver::start().await;
+    let profile = tempdir::TempDir::new("gatewayd-chromium");
+    let page = connect_ada(&driver, &d, &profile).await;
+
+    // A call comes in; Twilio opens its Media Stream; Flite speaks the welcome.
+    let sid = format!("CA{}", uuid::Uuid::new_v4().simple());
+    let twiml = twilio::incoming_call(&d, &sid, CUSTOMER, ACME_NUMBER).await.expect("TwiML");
+    let id = twiml.call_id.as_str();
+    wait_shown(&page, "the incoming call in #calls", |p| p.call(id).cloned()).await;
+    let mut stream = MediaStream::open(&d, &twiml, &sid).await.expect("the Media Stream");
+    stream.until("mark").await.expect("the welcome played");
+    assert!(stream.heard.len() > 25 * twilio::FRAME, "Flite spoke the welcome: {} bytes", stream.heard.len());
+    page.click(&format!("#calls li.call[data-call-id=\"{id}\"]")).await;
+
+    // The caller (a real person's recording) speaks: PocketSphinx's final shows on the page.
+    stream.send_mulaw(&caller_speech()).await.expect("the caller's speech");
+    wait_shown(&page, "the caller's transcript in #transcript", |p| p.has_line("customer", CALLER_SAYS).then_some(()))
+        .await;
+
+    // Ada types a reply: Flite speaks it into the call, and the page confirms it played.
+    let reply = REPLIES[0];
+    let after_welcome = stream.heard.len();
+    page.type_text("#reply", reply).await;
+    page.click("#send").await;
+    stream.until("mark").await.expect("the reply played to the caller");
+    wait_shown(&page, "the reply's played line", |p| p.has_line("played", reply).then_some(())).await;
+
+    // What the caller heard of it, recognised natively with the replies as the grammar.
+    let mut heard = stream.heard[after_welcome..].to_vec();
+    assert!(heard.len() > 25 * twilio::FRAME, "the caller heard the reply: {} bytes", heard.len());
+    heard.extend(std::iter::repeat_n(SILENCE, 60 * twilio::FRAME));
+    let replies: Vec<String> = REPLIES.iter().map(|r| r.to_string()).collect();
+    assert_eq!(offline::native_finals(&heard, &replies), [reply], "the caller heard what Ada typed");
+
+    stream.stop(&sid).await.expect("stop");
+    wait_shown(&page, "the call ended", |p| p.call(id).is_some_and(|c| c.status == "ended").then_some(())).await;
+    let last = shown(&page).await;
+    assert!(last.errors.is_empty(), "no error on the page: {:?}", last.errors);
     page.close().await;
 }

@@ -350,6 +350,9 @@ impl Pump {
         let _open = self.metrics.opened(&self.provider, "stt");
         let started = std::time::Instant::now();
         let mut stopping = false;
+        // `Close` waits for room in the input queue: behind a recogniser that lags (a full
+        // queue) it must not be lost, or the stream would never end.
+        let mut close_pending = false;
         loop {
             tokio::select! {
                 biased;
@@ -394,13 +397,21 @@ impl Pump {
                     // The call ended: end the stream cleanly.
                     None => {
                         self.tap = None;
-                        let _ = self.input.try_send(SttInput::Close);
+                        stopping = true;
+                        close_pending = true;
                     }
                 },
                 _ = &mut stop, if !stopping => {
                     stopping = true;
                     self.tap = None;
-                    let _ = self.input.try_send(SttInput::Close);
+                    close_pending = true;
+                }
+                permit = self.input.reserve(), if close_pending => {
+                    close_pending = false;
+                    // Err: the stream has already ended; its `Ended` or `Failed` follows.
+                    if let Ok(permit) = permit {
+                        permit.send(SttInput::Close);
+                    }
                 }
             }
         }

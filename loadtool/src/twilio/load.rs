@@ -2,8 +2,8 @@
 //! webhook and Media Stream, 50 media messages a second each way, measured at the client.
 //!
 //! Calls are set up [`SETUP_CONCURRENCY`] at a time (webhook, upgrade, `connected`, `start`);
-//! then every call streams `S` seconds of silence or a tone from a common start, the calls'
-//! phases spread over the 20 ms frame in [`PHASES`] groups, one sender task per group on an
+//! then every call streams `S` seconds of silence, a tone, or (`--wav`) a recording followed by
+//! `--hold-secs` of silence over and over, from a common start, the calls' phases spread over the 20 ms frame in [`PHASES`] groups, one sender task per group on an
 //! absolute clock (like ivr.rs). Each call's messages are read by a task of its own, which
 //! stamps the arrival of every `media` message; marks and clears go to the call's sender,
 //! which echoes marks at its next tick (at most 20 ms later). After its last frame a call
@@ -94,7 +94,16 @@ pub async fn run(a: &TwilioArgs, cfg: CallConfig, log: Log) -> anyhow::Result<Va
     let n = a.calls;
     let secs = a.secs.unwrap_or(10);
     let frames = secs * FRAMES_PER_SEC;
-    let tone = Arc::new(audio::tone_second(a.tone_hz));
+    // The callers' audio, looped: `--wav` then `--hold-secs` of silence, else the tone.
+    let tone = Arc::new(match &a.wav {
+        Some(wav) => {
+            let mut frames = audio::wav_to_frames(wav)?;
+            let hold = (a.hold_secs.max(0.0) * FRAMES_PER_SEC as f64).round() as usize;
+            frames.extend(std::iter::repeat_n([audio::MULAW_SILENCE; FRAME_BYTES], hold));
+            frames
+        }
+        None => audio::tone_second(a.tone_hz),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every frame of the call and of the tail, twice over (a gateway sending too much shows).
     let max_times = ((secs + 5) * FRAMES_PER_SEC * 2) as usize;
@@ -233,6 +242,7 @@ pub async fn run(a: &TwilioArgs, cfg: CallConfig, log: Log) -> anyhow::Result<Va
         "calls": n,
         "secs": secs,
         "tone_hz": a.tone_hz,
+        "wav": a.wav.as_ref().map(|w| w.display().to_string()),
         "calls_set_up": set_up_calls,
         "setup_failures": n - set_up_calls,
         "setup_errors": errors,

@@ -66,7 +66,8 @@ pub struct TwilioArgs {
     /// Load mode: the daemon's process id, for its CPU and memory.
     #[arg(long)]
     pid: Option<u32>,
-    /// The caller's audio: a WAV file (any rate, 16-bit or other PCM, channels mixed down).
+    /// The caller's audio: a WAV file (any rate, 16-bit or other PCM, channels mixed down); in
+    /// load mode every call plays it then `--hold-secs` of silence, over and over.
     #[arg(long)]
     wav: Option<PathBuf>,
     /// Seconds of silence the caller sends after the WAV (or alone, without one).
@@ -145,14 +146,15 @@ pub async fn run(a: TwilioArgs) -> anyhow::Result<()> {
     };
     if a.calls > 1 || a.secs.is_some() {
         for (set, flag) in [
-            (a.wav.is_some(), "--wav"),
             (a.out.is_some(), "--out"),
             (a.dashboard_token.is_some(), "--dashboard-token"),
             (!a.say.is_empty(), "--say"),
             (!a.dtmf.is_empty(), "--dtmf"),
         ] {
             if set {
-                anyhow::bail!("{flag} is for one call; load mode (--calls > 1 or --secs) sends silence or --tone-hz");
+                anyhow::bail!(
+                    "{flag} is for one call; load mode (--calls > 1 or --secs) sends silence, --tone-hz or --wav"
+                );
             }
         }
         let report = load::run(&a, cfg, log).await?;

@@ -9,6 +9,10 @@ pub(crate) const SAY_MAX_BYTES: usize = 4096;
 pub(crate) const MAX_MESSAGE_CHARS_LIMIT: usize = SAY_MAX_BYTES / 4;
 /// Largest `max_id_bytes`: ids land in `VARCHAR(255)` columns (telephony.md section 4).
 pub(crate) const MAX_ID_BYTES_LIMIT: usize = 255;
+/// Most `keyterms` the host takes (WIT `media.transcribe-options`).
+pub(crate) const MAX_KEYTERMS: usize = 100;
+/// Longest keyterm, bytes (WIT `media.transcribe-options`).
+pub(crate) const MAX_KEYTERM_BYTES: usize = 128;
 
 /// The plugin's configuration (`[plugins.twilio.config]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -25,6 +29,10 @@ pub(crate) struct Config {
     pub welcome_message: String,
     /// BCP-47 language passed to transcription; none: the STT provider's default.
     pub language: Option<String>,
+    /// Words or phrases the recogniser should favour on every call (at most 100, each 1 to 128
+    /// bytes): Deepgram's keyterm prompting; the offline recogniser (PocketSphinx) takes them as
+    /// a grammar and then hears only those phrases. Empty: the open vocabulary.
+    pub keyterms: Vec<String>,
     /// Barge-in: a transcript at least this long (ms) while an utterance is playing clears the
     /// playback; 0 turns barge-in off.
     pub barge_in_min_ms: u32,
@@ -49,6 +57,7 @@ impl Default for Config {
             stream_path: "/api/telephony/twilio/media-stream".into(),
             welcome_message: "Hello! Thank you for calling. An agent will be with you shortly.".into(),
             language: None,
+            keyterms: Vec::new(),
             barge_in_min_ms: 300,
             max_message_chars: 1000,
             rate_per_sec: 20.0,
@@ -90,6 +99,11 @@ impl Config {
             && (l.is_empty() || l.len() > 35 || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         {
             return err("language must be a BCP-47 tag such as en-US".into());
+        }
+        if self.keyterms.len() > MAX_KEYTERMS
+            || self.keyterms.iter().any(|k| k.trim().is_empty() || k.len() > MAX_KEYTERM_BYTES)
+        {
+            return err(format!("keyterms must be at most {MAX_KEYTERMS} phrases of 1 to {MAX_KEYTERM_BYTES} bytes"));
         }
         if self.barge_in_min_ms > 60_000 {
             return err("barge_in_min_ms must be at most 60000 (0 turns barge-in off)".into());
@@ -136,6 +150,7 @@ mod tests {
             r#"{"stream_path": "/x?call=1"}"#,
             r#"{"default_business": " "}"#,
             r#"{"language": "en US"}"#,
+            r#"{"keyterms": [" "]}"#,
             r#"{"max_message_chars": 0}"#,
             r#"{"max_message_chars": 1025}"#,
             r#"{"rate_per_sec": 0}"#,
@@ -145,6 +160,10 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        let too_long = format!(r#"{{"keyterms": ["{}"]}}"#, "a".repeat(MAX_KEYTERM_BYTES + 1));
+        let too_many = format!(r#"{{"keyterms": [{}]}}"#, vec![r#""sales""#; MAX_KEYTERMS + 1].join(","));
+        assert!(parse(&too_long).is_err() && parse(&too_many).is_err());
+        assert!(parse(r#"{"keyterms": ["sales", "technical support"]}"#).is_ok());
         let ok =
             parse(r#"{"default_business": "acme", "language": "en-US", "welcome_message": "", "barge_in_min_ms": 0}"#);
         assert!(ok.is_ok());

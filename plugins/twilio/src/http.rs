@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::db::{self, CallFilter, NewCall};
 use crate::form::Form;
 use crate::identity::{Agent, Denied};
+use crate::messages::ErrorCode;
 use crate::{messages, time, twiml};
 use gatewayd_plugin::{HttpRequest, HttpResponse, http, log};
 use serde_json::json;
@@ -154,8 +155,9 @@ fn voice(req: &HttpRequest) -> Reply {
 }
 
 /// `POST /api/telephony/twilio/status`: `CallStatus` completed, busy, failed, no-answer or
-/// canceled ends the call (`duration` = `CallDuration` when given), once; other statuses
-/// change nothing. 204 on success, 404 `call_not_found` for an unknown `CallSid`.
+/// canceled ends the call (`duration` = `CallDuration` when given), once; `failed` is first
+/// reported to the call's dashboards as `TWILIO_ERROR` (with Twilio's `ErrorCode` and
+/// `ErrorMessage` when given); other statuses change nothing. 204 on success, 404 `call_not_found` for an unknown `CallSid`.
 fn status_callback(req: &HttpRequest) -> Reply {
     signed(req)?;
     let config = config()?;
@@ -164,6 +166,17 @@ fn status_callback(req: &HttpRequest) -> Reply {
         .map_err(internal)?
         .ok_or_else(|| error(404, "call_not_found", &format!("no call with CallSid {call_sid}")))?;
     let status = form.non_empty("CallStatus").unwrap_or_default();
+    if status == "failed" && call.status != "ended" {
+        // Twilio could not carry the call (its `ErrorCode`/`ErrorMessage` say why when sent).
+        let why =
+            [form.non_empty("ErrorCode"), form.non_empty("ErrorMessage")].into_iter().flatten().collect::<Vec<_>>();
+        let message = if why.is_empty() {
+            "Twilio reports the call failed".to_string()
+        } else {
+            format!("Twilio reports the call failed: {}", why.join(" "))
+        };
+        calls::broadcast_error(&call.call_id, &call.business_id, ErrorCode::TwilioError, &message);
+    }
     if FINAL_STATUSES.contains(&status) {
         let duration = form.non_empty("CallDuration").and_then(|d| d.parse::<i64>().ok()).filter(|d| *d >= 0);
         calls::end(&call, duration, EndedBy::Other).map_err(internal)?;

@@ -98,9 +98,9 @@ impl Protocol for Twilio {
         }
     }
 
-    fn on_close(id: ConnectionId, _code: u16) {
+    fn on_close(id: ConnectionId, code: u16) {
         if let Some(ConnState::Stream(s)) = session::load::<ConnState>() {
-            stream::on_close(id, &s);
+            stream::on_close(id, code, &s);
         }
     }
 

@@ -14,7 +14,8 @@
 //!   finals are stored (`transcript`, `customer`). Barge-in: `live::barge_in`.
 //! - A mark coming back: `agent_tts_audio` with what the caller heard (`media::said_audio`).
 //! - `dtmf`: stored (`dtmf`, `customer`, the digit) and logged.
-//! - `stop`, or the socket closing while it still carries the call: the call ends.
+//! - `stop`, or the socket closing while it still carries the call: the call ends; closing
+//!   without `stop` is first reported as `telephony_error` `TWILIO_ERROR`.
 
 use crate::calls::{self, EndedBy};
 use crate::config::Config;
@@ -102,7 +103,7 @@ pub(crate) fn on_text(id: ConnectionId, state: StreamState, text: &str) -> Strea
         }
         Ok(TwilioEvent::Stop) => match state.call {
             Some(call) if !call.stopped => {
-                stream_gone(id, &call, "stopped");
+                stream_gone(id, &call, Gone::Stopped);
                 // Still the call's: the last transcripts, asked for by stop-transcribing, follow.
                 StreamState { call: Some(StreamCall { stopped: true, ..call }) }
             }
@@ -179,7 +180,7 @@ fn start(
         provider: None,
         language: config.language.clone(),
         interim_results: true,
-        keyterms: Vec::new(),
+        keyterms: config.keyterms.clone(),
     };
     if config.transcribe
         && let Err(e) = media::transcribe(id, &options)
@@ -241,10 +242,29 @@ fn dtmf(state: &StreamState, digit: &str) {
     }
 }
 
-/// Stream `id` stopped (`stop`) or closed: the call ends if the stream still carries it.
-fn stream_gone(id: ConnectionId, call: &StreamCall, how: &str) {
-    if live::detach(&call.call_id, id) == live::Detached::Replaced {
-        return log::debug(&format!("twilio: call {}: replaced stream {id} {how}", call.call_id));
+/// How a stream went away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// Twilio sent `stop`.
+    Stopped,
+    /// The socket closed without `stop`, with this close code (1006: no close frame).
+    Closed(u16),
+}
+
+/// Stream `id` stopped (`stop`) or closed: the call ends if the stream still carries it. A
+/// stream lost without `stop` while it carried the call (Twilio always sends `stop` first when
+/// a call ends) is reported to the call's dashboards as `TWILIO_ERROR` before the call ends.
+fn stream_gone(id: ConnectionId, call: &StreamCall, how: Gone) {
+    let detached = live::detach(&call.call_id, id);
+    if detached == live::Detached::Replaced {
+        return log::debug(&format!("twilio: call {}: replaced stream {id} {how:?}", call.call_id));
+    }
+    if let (live::Detached::Current, Gone::Closed(code)) = (detached, how) {
+        log::warn(&format!("twilio: call {}: the Media Stream closed without `stop` (code {code})", call.call_id));
+        let message = format!(
+            "the Media Stream closed without Twilio's stop (close code {code}): the call's audio is lost and the call has ended"
+        );
+        calls::broadcast_error(&call.call_id, &call.business_id, ErrorCode::TwilioError, &message);
     }
     match db::call(&call.call_id) {
         Ok(Some(row)) => {
@@ -257,10 +277,10 @@ fn stream_gone(id: ConnectionId, call: &StreamCall, how: &str) {
     }
 }
 
-/// The stream connection closed (without `stop`, or after it).
-pub(crate) fn on_close(id: ConnectionId, state: &StreamState) {
+/// The stream connection closed with `code` (without `stop`, or after it).
+pub(crate) fn on_close(id: ConnectionId, code: u16, state: &StreamState) {
     if let Some(call) = state.call.as_ref().filter(|c| !c.stopped) {
-        stream_gone(id, call, "closed");
+        stream_gone(id, call, Gone::Closed(code));
     }
 }
 
