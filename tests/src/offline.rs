@@ -4,6 +4,16 @@
 //! compiled natively (the `gatewayd-stt-pocketsphinx` crate as a library), fed exactly as the
 //! host feeds the component: mu-law 8000 Hz frames converted to 16 kHz PCM by the host's
 //! converter, 200 ms batches, the rest padded with silence to 100 ms at the end, then `close`.
+//!
+//! Both decode each stream with a decoder of its own, fresh from the model files: the host gives
+//! every stream an instance of its own (its models loaded by a warm-up session), and
+//! [`native_finals`] decodes on a thread of its own, as the plugin keeps one decoder per thread
+//! (per instance). The same C sources then give the same hypotheses in both builds, on the open
+//! vocabulary as with a grammar, and the tests assert it. A decoder is not reset between streams:
+//! PocketSphinx carries state from one utterance to the next (the noise removal statistics the
+//! en-us model turns on, and HMM state that makes the first frame score other senones), so a
+//! decoder that had already decoded other audio would hear the same audio slightly differently
+//! (on the open vocabulary, another hypothesis for 13 of the 20 sentences).
 
 use gatewayd::media::codec::linear_to_ulaw;
 use gatewayd::speech::convert::{FromCall, ToCall};
@@ -102,8 +112,20 @@ pub async fn wasm_finals(mulaw: &[u8], keyterms: &[String]) -> Vec<String> {
 }
 
 /// The finals of `mulaw` (8000 Hz) as the same engine compiled natively recognises it, fed as
-/// the host feeds the component.
+/// the host feeds the component, with `keyterms` (none: the open vocabulary). Decodes on a
+/// thread of its own, whose decoder is loaded afresh (see the module doc); a panic there is
+/// this function's.
 pub fn native_finals(mulaw: &[u8], keyterms: &[String]) -> Vec<String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| native_finals_on_this_thread(mulaw, keyterms))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// [`native_finals`] with this thread's decoder (loaded by the first call on the thread).
+fn native_finals_on_this_thread(mulaw: &[u8], keyterms: &[String]) -> Vec<String> {
     use gatewayd_plugin::speech::stt::{SttCommand, SttEvent, SttOptions};
     let config = gatewayd_stt_pocketsphinx::config::Config {
         data_dir: crate::speech_providers::model_dir("pocketsphinx").display().to_string(),
@@ -114,6 +136,7 @@ pub fn native_finals(mulaw: &[u8], keyterms: &[String]) -> Vec<String> {
         PocketSphinx::with_config(Ok(config.clone()), SttOptions::default(), vec![gatewayd_stt_pocketsphinx::FORMAT]);
     warm.plan().expect("plan");
     drop(warm);
+    assert_eq!(gatewayd_stt_pocketsphinx::engine::loads(), 1, "the native decoder is fresh, as a new instance's");
     let options = SttOptions { keyterms: keyterms.to_vec(), ..SttOptions::default() };
     let mut ps = PocketSphinx::with_config(Ok(config), options, vec![gatewayd_stt_pocketsphinx::FORMAT]);
     ps.plan().expect("plan");

@@ -6,10 +6,11 @@
 //! - Round trip: Flite speaks each of [`SENTENCES`] into a call; what the caller heard (mu-law,
 //!   8000 Hz) is sent back as another caller's speech and recognised, with a grammar of the
 //!   sentences (0 word errors, asserted) and with the open vocabulary of the full `en-us.lm.bin`
-//!   (word error rate printed). With the grammar, the hypotheses of the Wasm engine, run by the
-//!   daemon's own speech code on that heard audio, must equal those of the same engine compiled
-//!   natively on the same audio (`gatewayd_e2e::offline`); open vocabulary the two builds'
-//!   word error rates are printed and the Wasm one must be within 0.1 of the native one.
+//!   (word error rate printed). The hypotheses of the Wasm engine, run by the daemon's own
+//!   speech code on that heard audio, must equal those of the same engine compiled natively on
+//!   the same audio (`gatewayd_e2e::offline`: each stream decoded by a fresh decoder in both),
+//!   with the grammar and on the open vocabulary; the two builds' open-vocabulary word error
+//!   rates are printed.
 //! - A hot reload of the recogniser while a caller is mid-utterance does not drop the call.
 //! - A decode over its CPU limit ends the transcription with `stt_error`, not the call.
 //!
@@ -260,24 +261,36 @@ async fn twenty_sentences_through_tts_a_phone_line_and_stt() {
     }
 
     // The same heard audio through the Wasm engine (the daemon's speech code) and the same
-    // engine compiled natively: with the grammar, the same hypotheses; open vocabulary, the
-    // builds differ in `long` (4 bytes in wasm32, 8 natively) and libm, which moves close
-    // scores, so the Wasm build must recognise as well as the native one (within 0.1 WER).
+    // engine compiled natively, each stream with a fresh decoder: the same hypotheses, with the
+    // grammar and on the open vocabulary.
     let keyterms = grammar();
-    let (mut wasm_errors, mut native_errors, mut identical) = (0, 0, 0);
-    for (sentence, (audio, with_grammar, _)) in SENTENCES.iter().zip(&results) {
+    println!("{:<44} {:>8} {:>8}", "sentence, open vocabulary", "Wasm", "native");
+    let (mut wasm_errors, mut native_errors, mut differ) = (0, 0, Vec::new());
+    for (sentence, (audio, with_grammar, open)) in SENTENCES.iter().zip(&results) {
         let (wasm, native) = (offline::wasm_finals(audio, &keyterms).await, offline::native_finals(audio, &keyterms));
         assert_eq!(wasm, native, "grammar, `{sentence}`: Wasm and native differ");
         assert_eq!(wasm.join(" "), *with_grammar, "grammar, `{sentence}`: the daemon heard otherwise");
         let wasm = offline::wasm_finals(audio, &[]).await.join(" ");
         let native = offline::native_finals(audio, &[]).join(" ");
-        identical += usize::from(wasm == native);
+        println!("{sentence:<44} {:>8.2} {:>8.2}", wer::rate(sentence, &wasm), wer::rate(sentence, &native));
+        if wasm != native {
+            differ.push(format!("`{sentence}`: Wasm `{wasm}`, native `{native}`"));
+        }
+        if wasm != *open {
+            // Not asserted: a call's tap drops audio rather than delay the call when the
+            // recogniser lags (a busy machine), which changes what it heard.
+            println!("  the call heard `{open}`");
+        }
         wasm_errors += wer::errors(sentence, &wasm);
         native_errors += wer::errors(sentence, &native);
     }
     let (wasm_wer, native_wer) = (wasm_errors as f64 / words as f64, native_errors as f64 / words as f64);
-    println!("open vocabulary: WER Wasm {wasm_wer:.3}, native {native_wer:.3}; identical on {identical} of 20");
-    assert!(wasm_wer <= native_wer + 0.1, "the Wasm build's WER {wasm_wer:.3} is worse than native {native_wer:.3}");
+    println!(
+        "open vocabulary: WER Wasm {wasm_wer:.3}, native {native_wer:.3}; identical on {} of {}",
+        SENTENCES.len() - differ.len(),
+        SENTENCES.len()
+    );
+    assert!(differ.is_empty(), "open vocabulary, Wasm and native differ:\n{}", differ.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

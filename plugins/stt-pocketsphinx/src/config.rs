@@ -85,7 +85,7 @@ pub struct Config {
     /// Initial cepstral means, comma-separated (1 to 13 numbers; default the en-us model's
     /// typical values). Live normalisation starts from them at each stream and adapts as audio
     /// comes: a good start makes a stream's first utterance as accurate as the later ones, and
-    /// a stream decodes the same whatever streams ran before it in the instance.
+    /// no stream starts from the means another stream left.
     pub cmninit: String,
     /// An utterance is cut after this much speech, ms (1000..=120000; default 30000): a final
     /// without `speech_final`, and the speech goes on in the next final. It bounds the decoder's

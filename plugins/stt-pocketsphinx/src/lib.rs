@@ -14,7 +14,9 @@
 //!   words with times and confidences; fillers and `(2)` pronunciation marks removed) then
 //!   `utterance-end`. `finalize` and `close` end the utterance at once (`from-finalize`; an
 //!   empty final when nothing was heard). Each `plan` starts a new stream (times from 0) and
-//!   restarts cepstral mean normalisation, so a stream decodes the same whatever ran before.
+//!   restarts cepstral mean normalisation. The decoder keeps other state from one utterance to
+//!   the next (its noise estimate among it), so a stream decodes exactly as it would alone only
+//!   in a fresh instance: the host gives each stream an instance of its own.
 //! - Errors are `speech-error`s, never panics: bad options and grammars `bad-request`, a
 //!   missing 16 kHz PCM offer or a non-English language `unsupported`, a model that does not
 //!   load `config`, a second stream speaking while another is mid-utterance in the same
