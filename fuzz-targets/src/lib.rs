@@ -309,9 +309,11 @@ pub fn tts_audio(data: &[u8]) {
             out
         };
         let whole = decode(&mut std::iter::empty());
-        // Chunk sizes 0..=cut % 8 + 1, cycling: small and odd, empty ones included.
+        // Chunk sizes 0..=cut % 8 + 1, each in turn from `cut`: small and odd, empty ones
+        // included, and a non-empty one in every cycle (a step sharing a factor with the
+        // modulus could give only empty chunks: `i * 7` with modulus 7 never ended).
         let modulus = usize::from(cut % 8) + 2;
-        let cut_up = decode(&mut (0..).map(|i| (i * 7 + usize::from(cut)) % modulus));
+        let cut_up = decode(&mut (0..).map(|i| (i + usize::from(cut)) % modulus));
         let bytes_per_sample = if encoding == AudioEncoding::PcmS16le { 2 } else { 1 };
         let samples = body.len() / bytes_per_sample;
         let bound = samples * 8000 / sample_rate as usize + 1024;
