@@ -26,6 +26,20 @@ use gatewayd_stt_pocketsphinx::PocketSphinx;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// The PocketSphinx source distribution's `test/data` (recordings of people with their reference
+/// texts), as `scripts/speech/pocketsphinx.sh` unpacks it: `POCKETSPHINX_SRC`, else
+/// `$GATEWAYD_SPEECH_CACHE/pocketsphinx-5.1.1` (default cache `/var/cache/gatewayd-ci/speech`).
+/// Panics, saying to run `make setup`, when it is missing.
+pub fn test_data() -> std::path::PathBuf {
+    let src = std::env::var_os("POCKETSPHINX_SRC").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("GATEWAYD_SPEECH_CACHE").unwrap_or_else(|| "/var/cache/gatewayd-ci/speech".into());
+        std::path::PathBuf::from(cache).join("pocketsphinx-5.1.1")
+    });
+    let data = src.join("test/data");
+    assert!(data.join("goforward.raw").is_file(), "{} is missing: run `make setup`", data.display());
+    data
+}
+
 /// Bytes of one 20 ms mu-law frame at 8000 Hz.
 pub const FRAME: usize = 160;
 

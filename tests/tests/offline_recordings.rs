@@ -11,20 +11,9 @@
 use gatewayd_e2e::{offline, wer};
 use std::path::PathBuf;
 
-/// The source distribution's test data, as `scripts/speech/pocketsphinx.sh` unpacks it.
-fn test_data() -> PathBuf {
-    let src = std::env::var_os("POCKETSPHINX_SRC").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("GATEWAYD_SPEECH_CACHE").unwrap_or_else(|| "/var/cache/gatewayd-ci/speech".into());
-        PathBuf::from(cache).join("pocketsphinx-5.1.1")
-    });
-    let data = src.join("test/data");
-    assert!(data.join("goforward.raw").is_file(), "{} is missing: run `make setup`", data.display());
-    data
-}
-
 /// The recordings: name, 16 kHz samples, reference text.
 fn recordings() -> Vec<(String, Vec<i16>, String)> {
-    let data = test_data();
+    let data = offline::test_data();
     let raw = std::fs::read(data.join("goforward.raw")).expect("goforward.raw");
     let mut all = vec![(
         "goforward".to_string(),

@@ -266,11 +266,7 @@ const REPLIES: [&str; 5] = [
 /// [`CALLER_SAYS`]) as a phone line carries it, with 1.2 s of silence after it so the
 /// recogniser's endpointer hears the end.
 fn caller_speech() -> Vec<u8> {
-    let cache = std::env::var_os("GATEWAYD_SPEECH_CACHE").unwrap_or_else(|| "/var/cache/gatewayd-ci/speech".into());
-    let src = std::env::var_os("POCKETSPHINX_SRC")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(&cache).join("pocketsphinx-5.1.1"));
-    let file = src.join("test/data/goforward.raw");
+    let file = offline::test_data().join("goforward.raw");
     let raw = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e} (run `make setup`)", file.display()));
     let samples: Vec<i16> = raw.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
     let mut line = offline::phone_line(&samples, 16_000);
