@@ -167,9 +167,13 @@ fn status_callback(req: &HttpRequest) -> Reply {
         .ok_or_else(|| error(404, "call_not_found", &format!("no call with CallSid {call_sid}")))?;
     let status = form.non_empty("CallStatus").unwrap_or_default();
     if status == "failed" && call.status != "ended" {
-        // Twilio could not carry the call (its `ErrorCode`/`ErrorMessage` say why when sent).
-        let why =
-            [form.non_empty("ErrorCode"), form.non_empty("ErrorMessage")].into_iter().flatten().collect::<Vec<_>>();
+        // Twilio could not carry the call (its `ErrorCode`/`ErrorMessage` say why when sent),
+        // each cut to 256 characters: the message goes to every dashboard of the business.
+        let why = [form.non_empty("ErrorCode"), form.non_empty("ErrorMessage")]
+            .into_iter()
+            .flatten()
+            .map(|v| v.chars().take(256).collect::<String>())
+            .collect::<Vec<_>>();
         let message = if why.is_empty() {
             "Twilio reports the call failed".to_string()
         } else {
